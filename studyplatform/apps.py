@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class StudyPlatformConfig(AppConfig):
+    name = "studyplatform"
+    verbose_name = "Reader studies"
