@@ -63,6 +63,8 @@ def job_task(kind):
     def decorate(fn):
         @shared_task(name=f"jobs.{kind}")
         def celery_entry(job_id):
+            # A worker process is long-lived: drop connections the database closed meanwhile.
+            close_old_connections()
             execute(job_id)
 
         _REGISTRY[kind] = (fn, celery_entry)
@@ -101,7 +103,10 @@ def run_inline(kind, echo=None, **params):
 
 def _claim(job_id):
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            logger.warning("job=%s does not exist (deleted, or a message from another database); skipped", job_id)
+            return None
         if job.status != Job.Status.QUEUED:
             return None
         if job.cancel_requested:
@@ -143,7 +148,6 @@ class _Heartbeat(threading.Thread):
 
 
 def execute(job_id, echo=None):
-    close_old_connections()
     job = _claim(job_id)
     if job is None:
         return

@@ -1,6 +1,6 @@
 import logging
 
-from django.db import OperationalError, InterfaceError
+from django.db import InterfaceError, OperationalError
 from django.shortcuts import render
 
 logger = logging.getLogger(__name__)

@@ -43,7 +43,9 @@ def database_from_url(url):
             "OPTIONS": options,
         }
     if parsed.scheme == "sqlite":
-        return sqlite_database(Path(unquote(parsed.path)) if parsed.path not in {"", "/"} else VAR_DIR / "db.sqlite3")
+        # sqlite:///relative/path and sqlite:////absolute/path, as in SQLAlchemy.
+        name = unquote(parsed.path)[1:]
+        return sqlite_database(Path(name) if name else VAR_DIR / "db.sqlite3")
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres:// or sqlite://)")
 
 
@@ -138,6 +140,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -171,6 +174,16 @@ if not DEBUG:
 # (`make worker`) picks tasks up with no server to install. Deployments point CELERY_BROKER_URL at Redis.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_DATA_DIR = Path(os.environ.get("CELERY_DATA_DIR", VAR_DIR / "celery"))
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The filesystem transport is a folder of message files: publisher and worker must see the same folder.
+    for folder in ("queue", "processed"):
+        (CELERY_DATA_DIR / folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(CELERY_DATA_DIR / "queue"),
+        "data_folder_out": str(CELERY_DATA_DIR / "queue"),
+        "processed_folder": str(CELERY_DATA_DIR / "processed"),
+        "store_processed": False,
+    }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # A running job writes a heartbeat this often; one silent for JOB_STALE_AFTER seconds is declared failed.
 JOB_HEARTBEAT_SECONDS = float(os.environ.get("JOB_HEARTBEAT_SECONDS", 10))
