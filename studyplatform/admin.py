@@ -1,8 +1,13 @@
+from django.conf import settings
 from django.contrib import admin, messages
-from django.utils.html import format_html
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
 
-from studyplatform import jobs
-from studyplatform.models import Job
+from studyplatform import export, jobs, services
+from studyplatform.forms import CaseForm, InviteForm
+from studyplatform.models import AuditLog, Case, Invite, Job, Participant, Response, Stimulus, Study
 
 
 @admin.register(Job)
@@ -30,4 +35,382 @@ class JobAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def has_add_permission(self, request):
+        return False
+
+
+# --- reader studies ------------------------------------------------------------------------------------------------
+
+
+def copyable(value):
+    return format_html(
+        '<input type="text" readonly value="{}" size="60" onclick="this.select()" aria-label="link to copy">', value
+    )
+
+
+def thumbnail(stimulus, size=72):
+    if stimulus is None:
+        return "-"
+    return format_html(
+        '<img src="/i/{}" width="{}" height="{}" alt="" style="background:#000" title="{}">',
+        stimulus.token,
+        size,
+        size,
+        f"{stimulus.source}: {stimulus.condition}",
+    )
+
+
+def _one_study(modeladmin, request, queryset):
+    studies = {obj if isinstance(obj, Study) else obj.study for obj in queryset}
+    if len(studies) != 1:
+        modeladmin.message_user(request, "Select items of exactly one study.", messages.ERROR)
+        return None
+    return studies.pop()
+
+
+def _csv_download(study, table, raw_ids=False):
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{study.slug}-{table}.csv"'
+    writer = export.write_answers_csv if table == "answers" else export.write_participants_csv
+    writer(study, response, raw_ids=raw_ids)
+    return response
+
+
+class CaseInline(admin.TabularInline):
+    model = Case
+    extra = 0
+    fields = ("label", "block", "true_condition", "cf_condition", "images")
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="real / baseline / proposed")
+    def images(self, case):
+        by_source = {s.source: s for s in case.stimuli.all()}
+        return format_html_join(" ", "{}", ((thumbnail(by_source.get(s)),) for s in ("real", "baseline", "proposed")))
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("title", "slug", "status", "counts", "opened_at")
+    list_filter = ("status",)
+    search_fields = ("title", "slug")
+    prepopulated_fields = {"slug": ("title",)}
+    readonly_fields = ("status", "opened_at", "closed_at", "prolific_link", "readiness", "counts")
+    inlines = [CaseInline]
+    actions = ["open_studies", "close_studies", "export_answers", "export_participants", "create_invites"]
+    fieldsets = (
+        (None, {"fields": ("title", "slug", "status", "readiness", "counts", "prolific_link")}),
+        ("Texts", {"fields": ("consent_text", "instructions_block1", "instructions_block2", "debrief_text")}),
+        (
+            "Questions",
+            {
+                "fields": (
+                    "diagnosis_labels",
+                    "reasons",
+                    ("realness_min", "realness_max"),
+                    ("confidence_min", "confidence_max"),
+                    "attention_checks",
+                )
+            },
+        ),
+        ("Stimulus set", {"fields": ("block1_patients", "block2_cases", "working_size", "display_size")}),
+        (
+            "Prolific and timing",
+            {
+                "fields": (
+                    "prolific_study_id",
+                    "completion_code",
+                    "completion_url",
+                    "time_limit_minutes",
+                    "opened_at",
+                    "closed_at",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="participants")
+    def counts(self, study):
+        counts = services.participant_counts(study)
+        shown = [f"{counts['total']} total"] + [
+            f"{counts[status]} {label}" for status, label in Participant.Status.choices if counts[status]
+        ]
+        return ", ".join(shown)
+
+    @admin.display(description="Prolific study URL")
+    def prolific_link(self, study):
+        return copyable(
+            f"{settings.SITE_URL}/s/{study.slug}/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
+            "&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
+        )
+
+    @admin.display(description="ready to open?")
+    def readiness(self, study):
+        if study.pk is None:
+            return "-"
+        problems = services.study_problems(study)
+        if not problems:
+            return "yes"
+        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((p,) for p in problems)))
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.status != Study.Status.DRAFT:
+            return [*self.readonly_fields, "block1_patients", "block2_cases", "working_size", "display_size"]
+        return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        services.save_study(obj, by=request.user, changed=form.changed_data)
+
+    def delete_model(self, request, obj):
+        services.audit(request.user, "study.delete", obj, None, slug=obj.slug)
+        super().delete_model(request, obj)
+
+    def _each(self, request, queryset, fn, verb):
+        for study in queryset:
+            try:
+                fn(study, by=request.user)
+            except ValidationError as exc:
+                for message in exc.messages:
+                    self.message_user(request, message, messages.ERROR)
+            else:
+                self.message_user(request, f"{study.slug}: {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Open selected studies (checks the stimulus set)")
+    def open_studies(self, request, queryset):
+        self._each(request, queryset, services.open_study, "open")
+
+    @admin.action(description="Close selected studies")
+    def close_studies(self, request, queryset):
+        self._each(request, queryset, services.close_study, "closed")
+
+    @admin.action(description="Export answers CSV (pseudonymised ids)")
+    def export_answers(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        return _csv_download(study, "answers") if study else None
+
+    @admin.action(description="Export participants CSV (pseudonymised ids)")
+    def export_participants(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        return _csv_download(study, "participants") if study else None
+
+    @admin.action(description="Create invitation links")
+    def create_invites(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        if study is None:
+            return None
+        form = InviteForm(request.POST if "count" in request.POST else None)
+        if form.is_valid():
+            invites = services.create_invites(
+                study, form.cleaned_data["count"], form.cleaned_data["note"], request.user
+            )
+            self.message_user(request, f"{len(invites)} invitation links created (see Invites).", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "study": study,
+            "queryset": queryset,
+            "title": "Create invitation links",
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "study/admin_invites.html", context)
+
+
+class StimulusInline(admin.TabularInline):
+    model = Stimulus
+    extra = 0
+    fields = ("preview", "source", "condition", "original_name", "provenance", "created_at")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="image")
+    def preview(self, stimulus):
+        return thumbnail(stimulus, 128)
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    form = CaseForm
+    list_display = ("label", "study", "block", "true_condition", "cf_condition", "images")
+    list_filter = ("study", "block", "true_condition")
+    search_fields = ("label", "source_id")
+    inlines = [StimulusInline]
+
+    @admin.display(description="real / baseline / proposed")
+    def images(self, case):
+        return CaseInline.images(self, case)
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("study", "block") if obj is not None else ()
+
+    def save_model(self, request, obj, form, change):
+        uploads = form.uploads()
+        if change:
+            fields = {name: form.cleaned_data[name] for name in form.changed_data if name in services.CASE_FIELDS}
+            case = services.update_case(obj, by=request.user, **fields) if fields else obj
+        else:
+            data, name = uploads.pop("real")
+            case = services.add_case(
+                form.cleaned_data["study"],
+                label=obj.label,
+                block=obj.block,
+                true_condition=obj.true_condition,
+                cf_condition=obj.cf_condition,
+                source_id=obj.source_id,
+                real_image=data,
+                real_image_name=name,
+                by=request.user,
+            )
+            obj.__dict__.update(case.__dict__)
+        for source, (data, name) in uploads.items():
+            services.attach_stimulus(case, source, data, name=name, by=request.user)
+
+    def delete_model(self, request, obj):
+        services.delete_case(obj, by=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for case in queryset:
+            services.delete_case(case, by=request.user)
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    list_display = ("note", "study", "link", "created_at", "used_at")
+    list_filter = ("study",)
+    readonly_fields = ("study", "link", "note", "created_at", "used_at")
+
+    @admin.display(description="invitation link (single use)")
+    def link(self, invite):
+        return copyable(f"{settings.SITE_URL}/s/{invite.study.slug}/invite/{invite.token}/")
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Participant)
+class ParticipantAdmin(admin.ModelAdmin):
+    list_display = (
+        "label",
+        "study",
+        "status",
+        "progress",
+        "excluded",
+        "exclusion_reason",
+        "consented_at",
+        "last_seen_at",
+    )
+    list_filter = ("study", "status", "excluded")
+    search_fields = ("external_id",)
+    actions = ["exclude_selected", "include_selected", "delete_data", "export_participants", "export_answers"]
+    exclude = ("token", "plan")
+    readonly_fields = (
+        "label",
+        "study",
+        "index",
+        "external_id",
+        "prolific_study_id",
+        "prolific_session_id",
+        "invite",
+        "status",
+        "seed",
+        "cf_assignment",
+        "n_answers",
+        "excluded",
+        "exclusion_reason",
+        "consented_at",
+        "block1_started_at",
+        "block2_started_at",
+        "completed_at",
+        "last_seen_at",
+        "order",
+    )
+
+    @admin.display(description="progress")
+    def progress(self, participant):
+        return format_html(
+            '<progress max="{}" value="{}" style="width:7em"></progress> {}/{}',
+            participant.n_trials,
+            participant.n_answers,
+            participant.n_answers,
+            participant.n_trials,
+        )
+
+    @admin.display(description="trial order")
+    def order(self, participant):
+        return ", ".join(f"{t.get('case', 'check')}/{t.get('source') or t['phase']}" for t in participant.plan)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Exclude selected participants")
+    def exclude_selected(self, request, queryset):
+        for participant in queryset:
+            services.exclude_participant(participant, "excluded by the researcher", by=request.user)
+        self.message_user(request, f"{queryset.count()} excluded.", messages.SUCCESS)
+
+    @admin.action(description="Include selected participants again")
+    def include_selected(self, request, queryset):
+        for participant in queryset:
+            services.include_participant(participant, by=request.user)
+        self.message_user(request, f"{queryset.count()} included.", messages.SUCCESS)
+
+    @admin.action(description="Delete the selected participants' data (on request; audit-logged)")
+    def delete_data(self, request, queryset):
+        count = 0
+        for participant in list(queryset):
+            services.delete_participant_data(participant, by=request.user)
+            count += 1
+        self.message_user(request, f"Data of {count} participant(s) deleted.", messages.SUCCESS)
+
+    @admin.action(description="Export participants CSV of their study")
+    def export_participants(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        return _csv_download(study, "participants") if study else None
+
+    @admin.action(description="Export answers CSV of their study")
+    def export_answers(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        return _csv_download(study, "answers") if study else None
+
+
+@admin.register(Response)
+class ResponseAdmin(admin.ModelAdmin):
+    list_display = ("participant", "sequence", "phase", "case", "diagnosis", "realness", "confidence", "answered_at")
+    list_filter = ("participant__study", "phase")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "actor_label", "action", "object_type", "object_id", "study")
+    list_filter = ("action", "study")
+    search_fields = ("actor_label", "object_id", "action")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -205,6 +205,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Staff API for studies, stimuli, participants and responses; participant flow under a token.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {"ConditionEnum": "studyplatform.models.study.CONDITION_CHOICES"},
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

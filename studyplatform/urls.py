@@ -1,8 +1,8 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from studyplatform import views
+from studyplatform import api, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -10,4 +10,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include(api.urlpatterns)),
+    path("s/<slug:slug>/", views.entry, name="study-entry"),
+    path("s/<slug:slug>/invite/<str:token>/", views.invite_entry, name="study-invite"),
+    path("s/<slug:slug>/run/", views.run, name="study-run"),
+    path("s/<slug:slug>/withdraw/", views.withdraw, name="study-withdraw"),
+    path("i/<str:token>", views.stimulus_image, name="stimulus-image"),
 ]

@@ -1,7 +1,19 @@
+"""Pages: the home page, the health check, the participant's study session and the blinded image endpoint.
+
+A participant's session token lives in the (HttpOnly, server-side) Django session under the study's slug, so links
+never carry it; every page asks `services.next_step` what to show and every form posts to one service function.
+"""
+
 from django.db import connection
-from django.http import JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from studyplatform import images, services
+from studyplatform.models import Stimulus, Study
+
+ENTRY_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
+IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
 
 
 @require_GET
@@ -14,3 +26,164 @@ def healthz(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+def _session_key(study):
+    return f"study-session:{study.slug}"
+
+
+def _remember(request, study, participant):
+    request.session.cycle_key()
+    request.session[_session_key(study)] = participant.token
+
+
+def _current_participant(request, study):
+    token = request.session.get(_session_key(study))
+    if not token:
+        return None
+    try:
+        participant = services.get_session(token)
+    except services.SessionNotFound:
+        del request.session[_session_key(study)]
+        return None
+    return participant if participant.study_id == study.pk else None
+
+
+def _error(request, study, error):
+    return render(request, "study/error.html", {"study": study, "message": error.message}, status=error.status)
+
+
+@require_http_methods(["GET", "POST"])
+def entry(request, slug):
+    """Prolific entry link /s/<slug>/?PROLIFIC_PID=..&STUDY_ID=..&SESSION_ID=.. : consent, then the session."""
+    study = get_object_or_404(Study, slug=slug)
+    source = request.POST if request.method == "POST" else request.GET
+    params = {name: source.get(name, "").strip() for name in ENTRY_PARAMS}
+    current = _current_participant(request, study)
+    if current is not None and (not params["PROLIFIC_PID"] or params["PROLIFIC_PID"] == current.external_id):
+        return redirect("study-run", slug=study.slug)
+    try:
+        services.check_entry(study, params["PROLIFIC_PID"], params["STUDY_ID"])
+        if not params["PROLIFIC_PID"]:
+            raise services.EntryRefused("Please open the study through the link you were given.")
+        existing = services.find_session(study, params["PROLIFIC_PID"])
+        if existing is not None:
+            _remember(request, study, existing)
+            return redirect("study-run", slug=study.slug)
+        if request.method == "GET":
+            return render(request, "study/consent.html", {"study": study, "params": params})
+        if request.POST.get("decision") != "accept":
+            return render(request, "study/declined.html", {"study": study})
+        participant, _ = services.start_session(
+            study,
+            external_id=params["PROLIFIC_PID"],
+            prolific_study_id=params["STUDY_ID"],
+            prolific_session_id=params["SESSION_ID"],
+        )
+    except services.FlowError as error:
+        return _error(request, study, error)
+    _remember(request, study, participant)
+    return redirect("study-run", slug=study.slug)
+
+
+@require_http_methods(["GET", "POST"])
+def invite_entry(request, slug, token):
+    """A single-use invitation link: consent, then the session; the same browser may come back to it."""
+    study = get_object_or_404(Study, slug=slug)
+    current = _current_participant(request, study)
+    if current is not None and current.invite is not None and current.invite.token == token:
+        return redirect("study-run", slug=study.slug)
+    try:
+        services.check_entry(study, "", study.prolific_study_id)
+        services.check_invite(study, token)
+        if request.method == "GET":
+            return render(request, "study/consent.html", {"study": study, "params": {}})
+        if request.POST.get("decision") != "accept":
+            return render(request, "study/declined.html", {"study": study})
+        participant, _ = services.start_session(study, invite_token=token)
+    except services.FlowError as error:
+        return _error(request, study, error)
+    _remember(request, study, participant)
+    return redirect("study-run", slug=study.slug)
+
+
+def _answer_from_form(post, phase):
+    """The answer fields of the trial form, as the service expects them (only the fields the phase asks)."""
+    answer = {"diagnosis": post.get("diagnosis", ""), "rt_ms": post.get("rt_ms", "")}
+    if phase == "block1":
+        answer.update(realness=post.get("realness", ""), slider_moved=post.get("slider_moved", ""))
+        answer["reasons"] = post.getlist("reasons")
+    elif phase in ("pre", "post"):
+        answer["confidence"] = post.get("confidence", "")
+    return answer
+
+
+@require_http_methods(["GET", "POST"])
+def run(request, slug):
+    """The participant's current page, decided by the server: instructions, a trial, the end."""
+    study = get_object_or_404(Study, slug=slug)
+    participant = _current_participant(request, study)
+    if participant is None:
+        error = services.SessionNotFound("Please open the study through the link you were given.")
+        return _error(request, study, error)
+    errors, submitted = {}, {}
+    if request.method == "POST":
+        try:
+            if request.POST.get("action") == "begin":
+                services.begin_block(participant, int(request.POST.get("block", "0") or 0))
+                return redirect("study-run", slug=study.slug)
+            trial = services.find_trial(participant, request.POST.get("trial", ""))
+            submitted = _answer_from_form(request.POST, trial["phase"])
+            services.submit_answer(participant, trial["id"], submitted)
+            return redirect("study-run", slug=study.slug)
+        except services.AnswerInvalid as error:
+            errors = error.errors
+        except (services.FlowError, ValueError) as error:
+            if not isinstance(error, services.FlowError):
+                error = services.FlowError("That request was not understood.")
+            return _error(request, study, error)
+        participant.refresh_from_db()
+    step = services.next_step(participant)
+    context = {"study": study, "participant": participant, "step": step, "errors": errors, "submitted": submitted}
+    status = 400 if errors else 200
+    if step["state"] == "instructions":
+        return render(request, "study/instructions.html", context)
+    if step["state"] == "trial":
+        context["reasons"] = list(enumerate(study.reasons, start=1))
+        context["confidence_range"] = list(range(study.confidence_min, study.confidence_max + 1))
+        return render(request, "study/trial.html", context, status=status)
+    if step["state"] == "complete":
+        return render(request, "study/complete.html", context)
+    return render(request, "study/ended.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def withdraw(request, slug):
+    study = get_object_or_404(Study, slug=slug)
+    participant = _current_participant(request, study)
+    if participant is None:
+        return _error(request, study, services.SessionNotFound("There is no session to withdraw from."))
+    if request.method == "POST":
+        services.withdraw(participant)
+        return render(request, "study/withdrawn.html", {"study": study})
+    return render(
+        request,
+        "study/withdraw.html",
+        {"study": study, "participant": participant, "step": services.next_step(participant)},
+    )
+
+
+@require_GET
+def stimulus_image(request, token):
+    """Serve a stimulus by its opaque id. Every image gets the same headers; nothing names its source or file."""
+    stored = Stimulus.objects.filter(token=token).values_list("file", flat=True).first()
+    if stored is None:
+        raise Http404("no such image")
+    try:
+        data = images.stored_path(stored).read_bytes()
+    except FileNotFoundError as exc:
+        raise Http404("no such image") from exc
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = IMAGE_CACHE_CONTROL
+    response["Content-Disposition"] = 'inline; filename="image.png"'
+    return response

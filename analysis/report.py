@@ -1,0 +1,629 @@
+"""Writing the analysis out: analysis.json, CSV tables, PNG figures and one self-contained report.html.
+
+The HTML report embeds its figures as base64 PNGs, so the single file can be mailed or archived and still opens with
+its plots. NaN (a statistic that could not be computed) becomes null in JSON and an empty cell in CSV; the reason
+is in the neighbouring `note`.
+"""
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.stats import CONDITIONS, DECISIONS, MODELS, SOURCES  # noqa: E402
+
+FORMATS = ("json", "csv", "html")
+COLOURS = {"real": "#4c72b0", "baseline": "#dd8452", "proposed": "#55a868"}
+
+
+def to_jsonable(value):
+    """Plain JSON types: NaN and infinities become None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def build_document(results, n_participants, exclusions, settings):
+    """The analysis.json document: counts and exclusions first, then the statistics."""
+    return to_jsonable(
+        {
+            "n_participants": n_participants,
+            "n_excluded": len(exclusions),
+            "exclusions": exclusions,
+            "settings": settings,
+            **results,
+        }
+    )
+
+
+def write_report(document, tables, out_dir, formats=FORMATS):
+    """Write the requested formats into `out_dir`; returns the written paths."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "json" in formats:
+        path = out / "analysis.json"
+        path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        written.append(path)
+    if "csv" in formats:
+        written.extend(write_tables(document, tables, out))
+    if "html" in formats:
+        figures = make_figures(document, tables)
+        figure_dir = out / "figures"
+        figure_dir.mkdir(exist_ok=True)
+        for name, png in figures.items():
+            (figure_dir / f"{name}.png").write_bytes(png)
+            written.append(figure_dir / f"{name}.png")
+        path = out / "report.html"
+        path.write_text(render_html(document, figures))
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV
+
+
+def summary_tables(document):
+    """Flat tables of the headline numbers: accuracy, tests, correction rates, exclusions."""
+    block1, block2 = document["block1"], document["block2"]
+    accuracy = [
+        _proportion_row({"source": s, "condition": "all"}, block1["accuracy_by_source"][s]) for s in SOURCES
+    ] + [
+        _proportion_row({"source": s, "condition": c}, block1["accuracy_by_source_condition"][s][c])
+        for s in SOURCES
+        for c in CONDITIONS
+    ]
+    block2_rows = [_proportion_row({"measure": "first_accuracy", "cf_model": "all"}, block2["first_accuracy"])]
+    for model in MODELS:
+        block2_rows.append(
+            _proportion_row(
+                {"measure": "first_accuracy", "cf_model": model}, block2["first_accuracy"]["by_model"][model]
+            )
+        )
+        block2_rows.append(
+            _proportion_row(
+                {"measure": "final_accuracy", "cf_model": model}, block2["final_accuracy"]["by_model"][model]
+            )
+        )
+        block2_rows.append(
+            _proportion_row({"measure": "correction_rate", "cf_model": model}, block2["correction_rate"][model])
+        )
+        excluded = block2["correction_rate_excluding_top_case"][model]
+        row = _proportion_row({"measure": "correction_rate_excluding_top_case", "cf_model": model}, excluded)
+        block2_rows.append({**row, "excluded_case": excluded.get("excluded_case")})
+    switches = [
+        {
+            "cf_model": model,
+            **{k: v for k, v in table.items() if k != "mcnemar"},
+            **_prefixed(table["mcnemar"], "mcnemar_"),
+        }
+        for model, table in block2["switch_table"].items()
+    ]
+    return {
+        "accuracy_block1": pd.DataFrame(accuracy),
+        "block2_summary": pd.DataFrame(block2_rows),
+        "switch_table": pd.DataFrame(switches),
+        "tests": pd.DataFrame(list_tests(document)),
+        "exclusions": pd.DataFrame(document["exclusions"], columns=["participant", "status", "reason"]),
+    }
+
+
+def _proportion_row(keys, result):
+    low, high = result.get("ci95") or [None, None]
+    return {
+        **keys,
+        "estimate": result.get("estimate"),
+        "k": result.get("k"),
+        "n": result.get("n"),
+        "ci_low": low,
+        "ci_high": high,
+    }
+
+
+def _prefixed(result, prefix):
+    return {prefix + key: value for key, value in result.items()}
+
+
+def list_tests(document):
+    """Every hypothesis test in the document as one row: name, statistic, df, p, Holm-adjusted p, effect, CI."""
+    rows = []
+    block1, block2 = document["block1"], document["block2"]
+    for family in ("realness_ttest", "reasons_ttest"):
+        for name, test in block1[family].items():
+            rows.append(_test_row(f"block1.{family}.{name}", "t", test, "mean_diff"))
+    for model, test in block1["realness_auroc"].items():
+        rows.append(_test_row(f"block1.realness_auroc.{model} (vs 0.5)", "t", test, "mean"))
+    for model in MODELS:
+        rows.append(_test_row(f"block2.accuracy_change.{model} (vs 0)", "t", block2["accuracy_change"][model], "mean"))
+        rows.append(
+            _test_row(
+                f"block2.switch_table.{model}.mcnemar", "statistic", block2["switch_table"][model]["mcnemar"], None
+            )
+        )
+    rows.append(
+        _test_row(
+            "block2.accuracy_change.proposed_vs_baseline",
+            "t",
+            block2["accuracy_change"]["proposed_vs_baseline"],
+            "mean_diff",
+        )
+    )
+    for kind in ("confidence_accuracy_r", "confidence_accuracy_rmcorr"):
+        for decision in DECISIONS:
+            for model in MODELS:
+                rows.append(_test_row(f"block2.{kind}.{decision}.{model}", "r", block2[kind][decision][model], "r"))
+    for decision in DECISIONS:
+        for model in MODELS:
+            for condition, test in block2["confidence_accuracy_r_by_condition"][decision][model].items():
+                name = f"block2.confidence_accuracy_r_by_condition.{decision}.{model}.{condition}"
+                rows.append(_test_row(name, "r", test, "r"))
+    return rows
+
+
+def _test_row(name, statistic, test, effect):
+    low, high = test.get("ci95") or [None, None]
+    return {
+        "test": name,
+        "statistic": test.get(statistic),
+        "df": test.get("df"),
+        "p": test.get("p"),
+        "p_holm": test.get("p_holm"),
+        "effect": test.get(effect) if effect else None,
+        "ci_low": low,
+        "ci_high": high,
+        "note": test.get("note", ""),
+    }
+
+
+def write_tables(document, tables, out):
+    written = []
+    all_tables = {**summary_tables(document), **tables}
+    for name, table in all_tables.items():
+        path = out / f"{name}.csv"
+        frame = table if isinstance(table.index, pd.RangeIndex) else table.reset_index()
+        frame.to_csv(path, index=False, float_format="%.6g")
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def make_figures(document, tables):
+    """PNG bytes of each figure, by name."""
+    return {
+        "realness_by_source": _png(_realness_figure(tables["realness_per_participant"])),
+        "accuracy_by_source_condition": _png(_accuracy_figure(document["block1"])),
+        "accuracy_change_by_case": _png(_change_figure(tables["accuracy_change_per_case"])),
+        "confidence_accuracy": _png(
+            _calibration_figure(tables["confidence_accuracy_per_participant"], document["block2"])
+        ),
+    }
+
+
+def _png(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _realness_figure(per_participant):
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    data = [per_participant[s].dropna().to_numpy() for s in SOURCES]
+    for row in per_participant[list(SOURCES)].itertuples(index=False):
+        axis.plot(range(3), row, color="#bbbbbb", linewidth=0.7, zorder=1)
+    for i, (source, values) in enumerate(zip(SOURCES, data)):
+        axis.scatter(np.full(len(values), i), values, color=COLOURS[source], s=14, zorder=2)
+        if len(values):
+            axis.errorbar(
+                i + 0.18, values.mean(), yerr=_half_width(values), fmt="D", color="black", capsize=4, zorder=3
+            )
+    axis.set_xticks(range(3), [s.capitalize() for s in SOURCES])
+    axis.set_ylim(0, 101)
+    axis.axhline(50, color="#888888", linestyle=":", linewidth=1)
+    axis.set_ylabel("Mean realness per participant (1-100)")
+    axis.set_title("Block 1: realness by image source")
+    return figure
+
+
+def _half_width(values):
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+
+
+def _accuracy_figure(block1):
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    width = 0.26
+    for i, source in enumerate(SOURCES):
+        cells = [block1["accuracy_by_source_condition"][source][c] for c in CONDITIONS]
+        estimates = np.array([_num(cell["estimate"]) for cell in cells])
+        low = np.array([_num(cell["ci95"][0]) for cell in cells])
+        high = np.array([_num(cell["ci95"][1]) for cell in cells])
+        positions = np.arange(3) + (i - 1) * width
+        axis.bar(positions, estimates, width, color=COLOURS[source], label=source.capitalize())
+        axis.errorbar(
+            positions, estimates, yerr=[estimates - low, high - estimates], fmt="none", color="black", capsize=3
+        )
+    axis.axhline(1 / 3, color="#888888", linestyle=":", linewidth=1, label="Chance")
+    axis.set_xticks(range(3), [c.capitalize() for c in CONDITIONS])
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("Accuracy (Wilson 95% CI)")
+    axis.set_title("Block 1: accuracy by source and condition")
+    axis.legend(frameon=False, fontsize=8)
+    return figure
+
+
+def _num(value):
+    return math.nan if value is None else float(value)
+
+
+def _change_figure(per_case):
+    figure, axis = plt.subplots(figsize=(max(5.5, 0.5 * len(per_case) + 2), 4))
+    positions = np.arange(len(per_case))
+    width = 0.38
+    for i, model in enumerate(MODELS):
+        axis.bar(
+            positions + (i - 0.5) * width,
+            per_case[model].to_numpy(),
+            width,
+            color=COLOURS[model],
+            label=model.capitalize(),
+        )
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(positions, [str(case) for case in per_case.index], rotation=45, ha="right")
+    axis.set_xlabel("Case (patient)")
+    axis.set_ylabel("Mean accuracy change (final - first)")
+    axis.set_title("Block 2: accuracy change by case and model")
+    axis.legend(frameon=False, fontsize=8)
+    return figure
+
+
+def _calibration_figure(long, block2):
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for axis, decision in zip(axes, DECISIONS):
+        for model in MODELS:
+            chosen = long[(long["decision"] == decision) & (long["cf_model"] == model)]
+            result = block2["confidence_accuracy_r"][decision][model]
+            r = "n/a" if result.get("r") is None else f"{result['r']:.2f}"
+            axis.scatter(
+                chosen["confidence"],
+                chosen["accuracy"],
+                color=COLOURS[model],
+                s=18,
+                alpha=0.8,
+                label=f"{model.capitalize()} (r = {r})",
+            )
+            if len(chosen) >= 2 and chosen["confidence"].nunique() > 1:
+                slope, intercept = np.polyfit(chosen["confidence"], chosen["accuracy"], 1)
+                xs = np.linspace(chosen["confidence"].min(), chosen["confidence"].max(), 10)
+                axis.plot(xs, intercept + slope * xs, color=COLOURS[model])
+        axis.set_title(f"{decision.capitalize()} decision")
+        axis.set_xlabel("Mean confidence per participant (1-6)")
+        axis.set_xlim(0.8, 6.2)
+        axis.legend(frameon=False, fontsize=8)
+    axes[0].set_ylabel("Accuracy per participant")
+    axes[0].set_ylim(-0.05, 1.05)
+    figure.suptitle("Block 2: confidence and accuracy across participants")
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _ci(result):
+    low, high = result.get("ci95") or [None, None]
+    return f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def _table(header, rows):
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(figures, name, caption):
+    data = base64.b64encode(figures[name]).decode("ascii")
+    caption = html.escape(caption)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+    )
+
+
+def _note(result):
+    return html.escape(result.get("note", ""))
+
+
+def render_html(document, figures):
+    block1, block2, models = document["block1"], document["block2"], document["models"]
+    multiplicity = document["multiplicity"]
+    primary = _lookup(document, multiplicity["primary_endpoint"])
+    sections = [
+        "<h1>Reader study analysis</h1>",
+        f"<p>{document['n_participants']} participants analysed, {document['n_excluded']} excluded. "
+        f"Input: {html.escape(str(document['settings'].get('input', '')))}.</p>",
+        "<h2>Primary endpoint</h2>",
+        f"<p><strong>{html.escape(multiplicity['primary_endpoint_description'])}</strong>: "
+        f"mean difference {_fmt(primary.get('mean_diff'))} {_ci(primary)}, t({_fmt(primary.get('df'), 0)}) = "
+        f"{_fmt(primary.get('t'))}, p = {_fmt(primary.get('p'))}, Holm-adjusted p = {_fmt(primary.get('p_holm'))}, "
+        f"d<sub>z</sub> = {_fmt(primary.get('dz'))}. {_note(primary)}</p>",
+        "<h2>Exclusions</h2>",
+        _table(
+            ["Participant", "Status", "Reason"],
+            [[html.escape(str(e[k])) for k in ("participant", "status", "reason")] for e in document["exclusions"]],
+        )
+        if document["exclusions"]
+        else "<p>None.</p>",
+        "<h2>Block 1</h2>",
+        _table(
+            ["Source", "Accuracy", "95% CI", "n", "Mean realness", "Mean reasons per participant"],
+            [
+                [
+                    s,
+                    _fmt(block1["accuracy_by_source"][s]["estimate"]),
+                    _ci(block1["accuracy_by_source"][s]),
+                    _fmt(block1["accuracy_by_source"][s]["n"]),
+                    _fmt(block1["realness_mean"][s], 2),
+                    _fmt(block1["reasons_mean"][s], 2),
+                ]
+                for s in SOURCES
+            ],
+        ),
+        "<h3>Within-patient difference in accuracy (proposed - baseline)</h3>",
+        _table(
+            ["Condition", "Difference", "95% CI", "Pairs", "Note"],
+            [
+                [c, _fmt(r.get("mean_diff")), _ci(r), _fmt(r.get("n_pairs")), _note(r)]
+                for c, r in block1["within_patient_difference"].items()
+            ],
+        ),
+        "<h3>Paired t-tests across participants</h3>",
+        _table(
+            ["Comparison", "Mean difference", "95% CI", "t", "df", "p", "Holm p", "Cohen's dz", "Note"],
+            [
+                [
+                    f"{family.split('_')[0]}: {name.replace('_', ' ')}",
+                    _fmt(t.get("mean_diff")),
+                    _ci(t),
+                    _fmt(t.get("t")),
+                    _fmt(t.get("df"), 0),
+                    _fmt(t.get("p")),
+                    _fmt(t.get("p_holm")),
+                    _fmt(t.get("dz")),
+                    _note(t),
+                ]
+                for family in ("realness_ttest", "reasons_ttest")
+                for name, t in block1[family].items()
+            ],
+        ),
+        "<h3>Telling real from synthetic: per-participant AUROC of realness (0.5 = indistinguishable)</h3>",
+        _table(
+            ["Model", "Mean AUROC", "95% CI", "p (vs 0.5)", "n"],
+            [
+                [m, _fmt(r.get("mean")), _ci(r), _fmt(r.get("p")), _fmt(r.get("n"))]
+                for m, r in block1["realness_auroc"].items()
+            ],
+        ),
+        _figure(
+            figures,
+            "realness_by_source",
+            "Mean realness per participant by image source (lines join one participant; diamonds: mean with 95% CI)",
+        ),
+        _figure(figures, "accuracy_by_source_condition", "Block 1 accuracy by image source and condition"),
+        "<h2>Block 2</h2>",
+        f"<p>First-decision accuracy {_fmt(block2['first_accuracy']['estimate'])} {_ci(block2['first_accuracy'])}; "
+        f"final {_fmt(block2['final_accuracy']['estimate'])} {_ci(block2['final_accuracy'])}.</p>",
+        _table(
+            [
+                "Model",
+                "Correction rate",
+                "95% CI",
+                "Wrong first",
+                "Without top case",
+                "Excluded case",
+                "Accuracy change",
+                "95% CI",
+                "Brier first",
+                "Brier final",
+            ],
+            [
+                [
+                    m,
+                    _fmt(block2["correction_rate"][m]["estimate"]),
+                    _ci(block2["correction_rate"][m]),
+                    _fmt(block2["correction_rate"][m]["n"]),
+                    _fmt(block2["correction_rate_excluding_top_case"][m]["estimate"]),
+                    _fmt(block2["correction_rate_excluding_top_case"][m].get("excluded_case")),
+                    _fmt(block2["accuracy_change"][m]["mean"]),
+                    _ci(block2["accuracy_change"][m]),
+                    _fmt(block2["brier"]["first"][m]["brier"]),
+                    _fmt(block2["brier"]["final"][m]["brier"]),
+                ]
+                for m in MODELS
+            ],
+        ),
+        "<h3>Switch table and McNemar test</h3>",
+        _table(
+            ["Model", "Right→right", "Right→wrong", "Wrong→right", "Wrong→wrong", "McNemar p", "Holm p", "Note"],
+            [
+                [
+                    m,
+                    _fmt(t["right_to_right"]),
+                    _fmt(t["right_to_wrong"]),
+                    _fmt(t["wrong_to_right"]),
+                    _fmt(t["wrong_to_wrong"]),
+                    _fmt(t["mcnemar"].get("p")),
+                    _fmt(t["mcnemar"].get("p_holm")),
+                    _note(t["mcnemar"]),
+                ]
+                for m, t in block2["switch_table"].items()
+            ],
+        ),
+        "<h3>Confidence and accuracy</h3>",
+        _table(
+            ["Decision", "Model", "Subset", "r", "df", "p", "Note"],
+            [
+                [d, m, "all (across participants)", _fmt(r.get("r")), _fmt(r.get("df"), 0), _fmt(r.get("p")), _note(r)]
+                for d in DECISIONS
+                for m in MODELS
+                for r in [block2["confidence_accuracy_r"][d][m]]
+            ]
+            + [
+                [d, m, c, _fmt(r.get("r")), _fmt(r.get("df"), 0), _fmt(r.get("p")), _note(r)]
+                for d in DECISIONS
+                for m in MODELS
+                for c, r in block2["confidence_accuracy_r_by_condition"][d][m].items()
+            ]
+            + [
+                [
+                    d,
+                    m,
+                    "within participants (rmcorr)",
+                    _fmt(r.get("r")),
+                    _fmt(r.get("df"), 0),
+                    _fmt(r.get("p")),
+                    _note(r),
+                ]
+                for d in DECISIONS
+                for m in MODELS
+                for r in [block2["confidence_accuracy_rmcorr"][d][m]]
+            ],
+        ),
+        _figure(figures, "accuracy_change_by_case", "Mean accuracy change (final - first decision) by case and model"),
+        _figure(
+            figures,
+            "confidence_accuracy",
+            "Mean confidence and accuracy per participant, first and final decision, per model",
+        ),
+        "<h2>Mixed-effects models</h2>",
+        *[_model_section(name, model) for name, model in models.items()],
+        "<h2>Multiple comparisons</h2>",
+        f"<p>{html.escape(multiplicity['method'])}. Primary endpoint: "
+        f"<code>{html.escape(multiplicity['primary_endpoint'])}</code>.</p>",
+        _table(
+            ["Test", "Holm-adjusted p"],
+            [[f"<code>{html.escape(k)}</code>", _fmt(v)] for k, v in multiplicity["p_holm"].items()],
+        ),
+    ]
+    return _PAGE.format(body="\n".join(sections))
+
+
+def _model_section(name, model):
+    title = f"<h3>{html.escape(model.get('description', name))}</h3>"
+    method = (
+        f"<p>Method: {html.escape(str(model.get('method')))}; {model.get('n_obs')} observations. {_note(model)}</p>"
+    )
+    fixed = model.get("fixed_effects") or {}
+    rows = [
+        [
+            f"<code>{html.escape(k)}</code>",
+            _fmt(v["estimate"]),
+            _ci(v),
+            _fmt(v["odds_ratio"]),
+            f"[{_fmt(v['odds_ratio_ci95'][0])}, {_fmt(v['odds_ratio_ci95'][1])}]",
+        ]
+        for k, v in fixed.items()
+    ]
+    table = _table(["Term (log-odds)", "Estimate", "95% interval", "Odds ratio", "95% interval"], rows) if rows else ""
+    random = model.get("random_effects_sd") or {}
+    random_text = ", ".join(f"{html.escape(k)} SD {_fmt(v)}" for k, v in random.items())
+    return title + method + table + (f"<p>Random intercepts: {random_text}.</p>" if random_text else "")
+
+
+def _lookup(document, path):
+    node = document
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Reader study analysis</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 980px; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }}
+h1 {{ border-bottom: 2px solid #4c72b0; padding-bottom: .3rem; }}
+h2 {{ margin-top: 2.2rem; color: #2a4d80; }}
+table {{ border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }}
+th {{ background: #f3f5f9; }}
+figure {{ margin: 1.2rem 0; }} figure img {{ max-width: 100%; }} figcaption {{ font-size: .85rem; color: #555; }}
+code {{ font-size: .85em; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def analyse_answers(
+    answers, participants=None, include_incomplete=False, settings=None, fit_models=True, progress=None
+):
+    """From the tidy answers (and optionally the participants table) to the analysis document and its tables:
+    select who counts, run every statistic, attach counts, exclusions and settings."""
+    from analysis.frames import select_participants
+    from analysis.stats import analyse
+
+    kept, exclusions = select_participants(answers, participants, include_incomplete)
+    results, tables = analyse(kept, fit_models=fit_models, progress=progress)
+    settings = {"include_incomplete": include_incomplete, **(settings or {})}
+    document = build_document(results, int(kept["participant"].nunique()), exclusions, settings)
+    return document, tables
+
+
+def summary_lines(document):
+    """A few lines for the terminal: counts, the primary endpoint and the Block-2 headline numbers."""
+    block1, block2 = document["block1"], document["block2"]
+    primary = block1["realness_ttest"]["proposed_vs_baseline"]
+    accuracy = ", ".join(f"{s} {_fmt(block1['accuracy_by_source'][s]['estimate'])}" for s in SOURCES)
+    correction = ", ".join(f"{m} {_fmt(block2['correction_rate'][m]['estimate'])}" for m in MODELS)
+    lines = [
+        f"Participants analysed: {document['n_participants']}, excluded: {document['n_excluded']}",
+        *[f"  excluded {e['participant']}: {e['reason']}" for e in document["exclusions"]],
+        f"Block 1 accuracy: {accuracy}",
+        "Primary endpoint (realness, proposed - baseline): "
+        f"{_fmt(primary.get('mean_diff'))} {_ci(primary)}, t({_fmt(primary.get('df'), 0)}) = {_fmt(primary.get('t'))}, "
+        f"p = {_fmt(primary.get('p'))}, Holm p = {_fmt(primary.get('p_holm'))}"
+        + (f" ({primary['note']})" if primary.get("note") else ""),
+        f"Block 2 first-decision accuracy: {_fmt(block2['first_accuracy']['estimate'])}; correction rate: {correction}",
+    ]
+    for name, model in document["models"].items():
+        lines.append(
+            f"{name}: {model.get('method') or 'not fitted'}" + (f" ({model['note']})" if model.get("note") else "")
+        )
+    return lines

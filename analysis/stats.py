@@ -1,0 +1,733 @@
+"""Reader-study statistics on the tidy answer table (one row per answer, the columns of the study export).
+
+Every function takes plain pandas objects and returns plain dicts or DataFrames, so the module works from a notebook
+as well as from `manage.py run_analysis`. A statistic that cannot be computed (too few participants, a constant
+variable, no wrong first decisions) comes back as NaN together with a `note` saying why; nothing here raises on thin
+data.
+
+Conventions
+- Differences are always "proposed minus the other" (proposed - baseline, proposed - real).
+- Accuracy counts answered trials only; an unanswered trial is missing, not wrong.
+- Block 2 is read as pairs: the `pre` row (first decision, real image alone) and the `post` row (final decision,
+  real image beside the "if healthy" counterfactual) of one participant and one case.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+SOURCES = ("real", "baseline", "proposed")
+MODELS = ("baseline", "proposed")
+CONDITIONS = ("healthy", "effusion", "pneumonia")
+BLOCK2_CONDITIONS = ("effusion", "pneumonia")
+DECISIONS = ("first", "final")
+CONFIDENCE_SCALE = (1, 6)
+PRIMARY_ENDPOINT = "block1.realness_ttest.proposed_vs_baseline"
+
+
+def nan_result(note, **fields):
+    """A statistic that could not be computed: its fields (NaN where undefined) plus the reason."""
+    return {**fields, "note": note}
+
+
+def _t_interval(values, level=0.95):
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return [math.nan, math.nan]
+    mean = values.mean()
+    half = sps.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return [float(mean - half), float(mean + half)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Proportions
+
+
+def wilson_interval(successes, n, level=0.95):
+    """Wilson score interval for a binomial proportion (well behaved at 0 and 1, unlike the Wald interval)."""
+    if n == 0:
+        return [math.nan, math.nan]
+    z = sps.norm.ppf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def proportion(outcomes):
+    """Share of ones among the non-missing 0/1 outcomes, with its Wilson 95% CI."""
+    outcomes = pd.Series(outcomes, dtype=float).dropna()
+    n = len(outcomes)
+    k = int(outcomes.sum())
+    if n == 0:
+        return {"estimate": math.nan, "k": 0, "n": 0, "ci95": [math.nan, math.nan], "note": "no answers"}
+    return {"estimate": k / n, "k": k, "n": n, "ci95": wilson_interval(k, n)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tests
+
+
+def paired_ttest(first, second):
+    """Paired t-test of `first - second` over the index entries present in both (participants, usually).
+
+    Returns t, df, two-sided p, the mean difference with its 95% CI and Cohen's d_z (mean difference / SD of the
+    differences)."""
+    both = pd.concat([pd.Series(first, dtype=float), pd.Series(second, dtype=float)], axis=1).dropna()
+    diff = (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()
+    n = len(diff)
+    fields = {"t": math.nan, "df": math.nan, "p": math.nan, "mean_diff": math.nan, "dz": math.nan}
+    if n < 2:
+        return nan_result(f"needs at least 2 paired observations, has {n}", n=n, ci95=[math.nan, math.nan], **fields)
+    mean = float(diff.mean())
+    sd = float(diff.std(ddof=1))
+    if sd == 0:
+        return nan_result(
+            "the differences have zero variance", n=n, ci95=[mean, mean], **{**fields, "mean_diff": mean, "df": n - 1}
+        )
+    t = mean / (sd / math.sqrt(n))
+    return {
+        "t": t,
+        "df": n - 1,
+        "p": float(2 * sps.t.sf(abs(t), n - 1)),
+        "mean_diff": mean,
+        "ci95": _t_interval(diff),
+        "dz": mean / sd,
+        "n": n,
+    }
+
+
+def one_sample_ttest(values, null_value=0.0):
+    """t-test of the mean of `values` against `null_value`, with the mean and its 95% CI."""
+    values = pd.Series(values, dtype=float).dropna()
+    result = paired_ttest(values, pd.Series(null_value, index=values.index))
+    result["mean"] = float(values.mean()) if len(values) else math.nan
+    result["ci95_mean"] = _t_interval(values)
+    return result
+
+
+def pearson(x, y):
+    """Pearson correlation with df = n - 2, two-sided p and a Fisher-z 95% CI."""
+    both = pd.concat([pd.Series(x, dtype=float), pd.Series(y, dtype=float)], axis=1).dropna()
+    n = len(both)
+    fields = {"r": math.nan, "df": math.nan, "p": math.nan}
+    if n < 3:
+        return nan_result(f"needs at least 3 participants, has {n}", n=n, ci95=[math.nan, math.nan], **fields)
+    for column, name in zip(both.columns, ("confidence", "accuracy")):
+        if both[column].nunique() == 1:
+            return nan_result(f"{name} is constant across participants", n=n, ci95=[math.nan, math.nan], **fields)
+    r = float(np.corrcoef(both.iloc[:, 0], both.iloc[:, 1])[0, 1])
+    r = max(-1.0, min(1.0, r))
+    df = n - 2
+    p = 0.0 if abs(r) == 1 else float(2 * sps.t.sf(abs(r) * math.sqrt(df / (1 - r * r)), df))
+    return {"r": r, "df": df, "p": p, "n": n, "ci95": _fisher_interval(r, n)}
+
+
+def _fisher_interval(r, n):
+    if n <= 3 or abs(r) == 1:
+        return [math.nan, math.nan]
+    z, half = math.atanh(r), sps.norm.ppf(0.975) / math.sqrt(n - 3)
+    return [math.tanh(z - half), math.tanh(z + half)]
+
+
+def repeated_measures_correlation(frame, x, y, subject="participant"):
+    """Within-subject correlation of x and y (Bakdash & Marusich's rmcorr).
+
+    rmcorr is the partial correlation of x and y in the ANCOVA y ~ subject + x. Centring x and y on each subject's
+    own means removes the subject term exactly, so r is the ordinary correlation of the centred values and the
+    residual degrees of freedom are N - k - 1 (N observations, k subjects). Subjects with a single observation carry
+    no within-subject information and are dropped."""
+    data = frame[[subject, x, y]].dropna()
+    data = data[data.groupby(subject)[x].transform("size") >= 2]
+    n_obs, n_subjects = len(data), data[subject].nunique()
+    df = n_obs - n_subjects - 1
+    fields = {"r": math.nan, "df": math.nan, "p": math.nan}
+    if df < 1:
+        return nan_result(
+            f"needs more observations than subjects + 1 (N={n_obs}, k={n_subjects})",
+            n_obs=n_obs,
+            n_subjects=n_subjects,
+            **fields,
+        )
+    dx = data[x] - data.groupby(subject)[x].transform("mean")
+    dy = data[y] - data.groupby(subject)[y].transform("mean")
+    sxx, syy = float((dx * dx).sum()), float((dy * dy).sum())
+    if sxx == 0 or syy == 0:
+        which = x if sxx == 0 else y
+        return nan_result(f"{which} never varies within a participant", n_obs=n_obs, n_subjects=n_subjects, **fields)
+    r = max(-1.0, min(1.0, float((dx * dy).sum()) / math.sqrt(sxx * syy)))
+    p = 0.0 if abs(r) == 1 else float(2 * sps.t.sf(abs(r) * math.sqrt(df / (1 - r * r)), df))
+    return {"r": r, "df": df, "p": p, "n_obs": n_obs, "n_subjects": n_subjects}
+
+
+def holm(pvalues):
+    """Holm step-down adjustment of a {name: p} mapping; NaN p-values stay NaN and do not count in the family."""
+    present = sorted(((p, name) for name, p in pvalues.items() if not _isnan(p)), key=lambda item: item[0])
+    m = len(present)
+    adjusted, running_max = {name: math.nan for name in pvalues}, 0.0
+    for rank, (p, name) in enumerate(present):
+        running_max = max(running_max, min(1.0, (m - rank) * p))
+        adjusted[name] = running_max
+    return adjusted
+
+
+def _isnan(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def mcnemar_test(table):
+    """McNemar test on a 2x2 first/final table: exact binomial when the discordant count is below 25, else the
+    continuity-corrected chi-square."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    discordant = table[0][1] + table[1][0]
+    if discordant == 0:
+        return nan_result("no discordant pairs (no decision changed)", statistic=math.nan, p=math.nan, exact=True)
+    exact = discordant < 25
+    result = mcnemar(np.asarray(table), exact=exact, correction=True)
+    return {"statistic": float(result.statistic), "p": float(result.pvalue), "exact": exact}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block 1
+
+
+def block1_answers(answers):
+    return answers[answers["block"] == 1]
+
+
+def accuracy_by_source(answers):
+    rows = block1_answers(answers)
+    return {source: proportion(rows.loc[rows["image_source"] == source, "correct"]) for source in SOURCES}
+
+
+def accuracy_by_source_condition(answers):
+    """Accuracy per image source and per condition the image shows (its correct answer)."""
+    rows = block1_answers(answers)
+    return {
+        source: {
+            condition: proportion(
+                rows.loc[(rows["image_source"] == source) & (rows["true_condition"] == condition), "correct"]
+            )
+            for condition in CONDITIONS
+        }
+        for source in SOURCES
+    }
+
+
+def within_patient_difference(answers):
+    """Proposed minus baseline correctness on the two synthetic images of the same patient seen by the same
+    participant, per condition shown. The CI is a t-interval over those paired differences."""
+    rows = block1_answers(answers).dropna(subset=["correct"])
+    synthetic = rows[rows["image_source"].isin(MODELS)]
+    wide = synthetic.pivot_table(
+        index=["participant", "case"], columns="image_source", values="correct", aggfunc="mean"
+    ).reindex(columns=list(MODELS))
+    condition = synthetic.groupby(["participant", "case"])["true_condition"].first()
+    wide = wide.join(condition).dropna(subset=list(MODELS))
+    result = {}
+    for name in CONDITIONS:
+        diff = (wide["proposed"] - wide["baseline"])[wide["true_condition"] == name]
+        if len(diff) == 0:
+            result[name] = nan_result("no patient with both synthetic images answered", mean_diff=math.nan, n_pairs=0)
+            result[name]["ci95"] = [math.nan, math.nan]
+            continue
+        result[name] = {"mean_diff": float(diff.mean()), "ci95": _t_interval(diff), "n_pairs": len(diff)}
+    return result
+
+
+def per_participant_by_source(answers, value, how="mean"):
+    """Participant x source table of the mean (or total) of `value` over that participant's Block-1 images."""
+    rows = block1_answers(answers).dropna(subset=[value])
+    table = rows.groupby(["participant", "image_source"])[value].agg(how).unstack("image_source")
+    return table.reindex(columns=list(SOURCES)).astype(float)
+
+
+def paired_source_tests(table, comparisons):
+    return {f"proposed_vs_{other}": paired_ttest(table["proposed"], table[other]) for other in comparisons}
+
+
+def realness_auroc(answers):
+    """Per participant, the probability that a real image gets a higher realness rating than an image of the given
+    model (ties count half): the Mann-Whitney AUROC. 0.5 means the participant could not tell them apart."""
+    rows = block1_answers(answers).dropna(subset=["realness"])
+    per_participant = {}
+    for participant, group in rows.groupby("participant"):
+        real = group.loc[group["image_source"] == "real", "realness"].to_numpy(dtype=float)
+        per_participant[participant] = {
+            model: _auroc(real, group.loc[group["image_source"] == model, "realness"].to_numpy(dtype=float))
+            for model in MODELS
+        }
+    table = pd.DataFrame.from_dict(per_participant, orient="index", columns=list(MODELS)).astype(float)
+    table.index.name = "participant"
+    summary = {}
+    for model in MODELS:
+        test = one_sample_ttest(table[model] if len(table) else [], 0.5)
+        summary[model] = {
+            "mean": test["mean"],
+            "ci95": test["ci95_mean"],
+            "t": test["t"],
+            "df": test["df"],
+            "p": test["p"],
+            "n": int(table[model].notna().sum()) if len(table) else 0,
+        }
+        if "note" in test:
+            summary[model]["note"] = test["note"]
+    return summary, table
+
+
+def _auroc(positives, negatives):
+    if len(positives) == 0 or len(negatives) == 0:
+        return math.nan
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block 2
+
+
+def block2_pairs(answers):
+    """One row per (participant, case) of Block 2: model shown, condition, first/final correctness and confidence.
+    A case whose final answer is missing keeps its first decision with NaN for the final one."""
+    rows = answers[answers["block"] == 2]
+    columns = ["participant", "case", "cf_model", "true_condition"]
+    measures = ["first_correct", "final_correct", "first_confidence", "final_confidence"]
+    if rows.empty:
+        return pd.DataFrame(
+            {**{c: pd.Series(dtype=str) for c in columns}, **{m: pd.Series(dtype=float) for m in measures}}
+        )
+    wide = rows.pivot_table(
+        index=["participant", "case"], columns="phase", values=["correct", "confidence"], aggfunc="mean"
+    )
+    wide.columns = [f"{value}_{phase}" for value, phase in wide.columns]
+    wide = wide.reindex(columns=["correct_pre", "correct_post", "confidence_pre", "confidence_post"])
+    wide.columns = measures
+    labels = rows.groupby(["participant", "case"])[["cf_model", "true_condition"]].first()
+    return labels.join(wide).reset_index()[[*columns, *measures]]
+
+
+def first_accuracy(pairs):
+    result = proportion(pairs["first_correct"])
+    result["by_model"] = {model: proportion(pairs.loc[pairs["cf_model"] == model, "first_correct"]) for model in MODELS}
+    return result
+
+
+def final_accuracy(pairs):
+    result = proportion(pairs["final_correct"])
+    result["by_model"] = {model: proportion(pairs.loc[pairs["cf_model"] == model, "final_correct"]) for model in MODELS}
+    return result
+
+
+def _wrong_first(pairs, model):
+    chosen = pairs[(pairs["cf_model"] == model) & (pairs["first_correct"] == 0)]
+    return chosen.dropna(subset=["final_correct"])
+
+
+def correction_rate(pairs):
+    """Per model: among (participant, case) pairs whose first diagnosis was wrong, the share corrected finally."""
+    result = {}
+    for model in MODELS:
+        result[model] = proportion(_wrong_first(pairs, model)["final_correct"])
+        if result[model]["n"] == 0:
+            result[model]["note"] = "no wrong first decisions"
+    return result
+
+
+def correction_rate_excluding_top_case(pairs):
+    """The correction rate per model after dropping that model's case with the highest correction rate (ties go to
+    the case with more wrong first decisions, then the smaller case id), so one easy case cannot drive the result."""
+    result = {}
+    for model in MODELS:
+        wrong = _wrong_first(pairs, model)
+        if wrong.empty:
+            result[model] = {**proportion([]), "excluded_case": None, "note": "no wrong first decisions"}
+            continue
+        per_case = wrong.groupby("case")["final_correct"].agg(["mean", "size"]).reset_index()
+        per_case = per_case.sort_values(["mean", "size", "case"], ascending=[False, False, True])
+        top = per_case.iloc[0]
+        result[model] = proportion(wrong.loc[wrong["case"] != top["case"], "final_correct"])
+        result[model]["excluded_case"] = str(top["case"])
+        result[model]["excluded_case_rate"] = float(top["mean"])
+        if result[model]["n"] == 0:
+            result[model]["note"] = "no wrong first decisions outside the excluded case"
+    return result
+
+
+def accuracy_change_per_participant(pairs):
+    """Participant x model table of final minus first accuracy over that participant's cases of the model."""
+    complete = pairs.dropna(subset=["first_correct", "final_correct"])
+    change = complete.assign(change=complete["final_correct"] - complete["first_correct"])
+    table = change.groupby(["participant", "cf_model"])["change"].mean().unstack("cf_model")
+    return table.reindex(columns=list(MODELS)).astype(float)
+
+
+def accuracy_change_per_case(pairs):
+    """Case x model table of mean final minus first accuracy (the paper's Fig. 5a)."""
+    complete = pairs.dropna(subset=["first_correct", "final_correct"])
+    change = complete.assign(change=complete["final_correct"] - complete["first_correct"])
+    table = change.groupby(["case", "cf_model"])["change"].mean().unstack("cf_model")
+    return table.reindex(columns=list(MODELS)).astype(float)
+
+
+def accuracy_change_summary(per_participant):
+    result = {}
+    for model in MODELS:
+        test = one_sample_ttest(per_participant[model])
+        result[model] = {"mean": test["mean"], "ci95": test["ci95_mean"], "t": test["t"], "df": test["df"]}
+        result[model]["p"] = test["p"]
+        if "note" in test:
+            result[model]["note"] = test["note"]
+    result["proposed_vs_baseline"] = paired_ttest(per_participant["proposed"], per_participant["baseline"])
+    return result
+
+
+def confidence_accuracy_table(pairs, decision, model, condition=None):
+    """Per participant: mean confidence and mean accuracy over the Block-2 cases of one model (and condition)."""
+    chosen = pairs[pairs["cf_model"] == model]
+    if condition is not None:
+        chosen = chosen[chosen["true_condition"] == condition]
+    columns = {f"{decision}_confidence": "confidence", f"{decision}_correct": "accuracy"}
+    chosen = chosen.rename(columns=columns).dropna(subset=["confidence", "accuracy"])
+    return chosen.groupby("participant")[["confidence", "accuracy"]].mean()
+
+
+def confidence_accuracy(pairs, condition=None):
+    return {
+        decision: {
+            model: pearson(*_columns(confidence_accuracy_table(pairs, decision, model, condition))) for model in MODELS
+        }
+        for decision in DECISIONS
+    }
+
+
+def _columns(table):
+    return table["confidence"], table["accuracy"]
+
+
+def confidence_accuracy_by_condition(pairs):
+    by_condition = {condition: confidence_accuracy(pairs, condition) for condition in BLOCK2_CONDITIONS}
+    return {
+        decision: {
+            model: {condition: by_condition[condition][decision][model] for condition in BLOCK2_CONDITIONS}
+            for model in MODELS
+        }
+        for decision in DECISIONS
+    }
+
+
+def confidence_accuracy_within(pairs):
+    """Repeated-measures (within-participant) correlation of confidence and correctness per decision and model."""
+    result = {}
+    for decision in DECISIONS:
+        result[decision] = {}
+        for model in MODELS:
+            chosen = pairs[pairs["cf_model"] == model]
+            result[decision][model] = repeated_measures_correlation(
+                chosen, f"{decision}_confidence", f"{decision}_correct"
+            )
+    return result
+
+
+def confidence_as_probability(confidence, scale=CONFIDENCE_SCALE, n_options=len(CONDITIONS)):
+    """Map the confidence scale linearly onto [1/n_options, 1]: the lowest rating means guessing among the
+    diagnosis options, the highest means certainty."""
+    low, high = scale
+    chance = 1.0 / n_options
+    return chance + (np.asarray(confidence, dtype=float) - low) / (high - low) * (1 - chance)
+
+
+def brier_scores(pairs, scale=CONFIDENCE_SCALE):
+    """Brier score (mean squared gap between the confidence-as-probability and correctness; 0 is perfect) per
+    decision and model, pooled over answers, with a t-interval over the participants' own Brier scores."""
+    result = {}
+    for decision in DECISIONS:
+        result[decision] = {}
+        for model in MODELS:
+            chosen = pairs[pairs["cf_model"] == model].dropna(subset=[f"{decision}_confidence", f"{decision}_correct"])
+            if chosen.empty:
+                result[decision][model] = nan_result("no answers", brier=math.nan, n=0)
+                result[decision][model]["ci95"] = [math.nan, math.nan]
+                continue
+            squared = (
+                confidence_as_probability(chosen[f"{decision}_confidence"], scale) - chosen[f"{decision}_correct"]
+            ) ** 2
+            per_participant = squared.groupby(chosen["participant"]).mean()
+            result[decision][model] = {
+                "brier": float(squared.mean()),
+                "ci95": _t_interval(per_participant),
+                "n": len(chosen),
+            }
+    return result
+
+
+def switch_tables(pairs):
+    """Per model: first/final agreement counts and McNemar's test of wrong->right against right->wrong."""
+    result = {}
+    complete = pairs.dropna(subset=["first_correct", "final_correct"])
+    for model in MODELS:
+        chosen = complete[complete["cf_model"] == model]
+        first, final = chosen["first_correct"], chosen["final_correct"]
+        counts = {
+            "right_to_right": int(((first == 1) & (final == 1)).sum()),
+            "right_to_wrong": int(((first == 1) & (final == 0)).sum()),
+            "wrong_to_right": int(((first == 0) & (final == 1)).sum()),
+            "wrong_to_wrong": int(((first == 0) & (final == 0)).sum()),
+        }
+        table = [
+            [counts["right_to_right"], counts["right_to_wrong"]],
+            [counts["wrong_to_right"], counts["wrong_to_wrong"]],
+        ]
+        result[model] = {**counts, "unchanged": counts["right_to_right"] + counts["wrong_to_wrong"]}
+        result[model]["mcnemar"] = mcnemar_test(table)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixed-effects logistic regressions
+
+
+def mixed_logistic(data, formula, description):
+    """Logistic regression of `correct` with crossed random intercepts for participant and case.
+
+    Fitted with statsmodels' BinomialBayesMixedGLM (variational Bayes; estimates are posterior means with +-1.96
+    posterior SD intervals). If that fit fails or is degenerate, a GEE logistic model with exchangeable correlation
+    within participants is fitted instead (population-averaged, no case effect), and `method` says so."""
+    data = data.dropna(subset=["correct"]).copy()
+    base = {"formula": formula, "description": description, "n_obs": len(data)}
+    if len(data) < 10 or data["participant"].nunique() < 2 or data["correct"].nunique() < 2:
+        return {**base, "method": None, "note": "too little data or no variation in correctness"}
+    try:
+        return {**base, **_fit_bayes_mixed(data, formula)}
+    except Exception as error:  # noqa: BLE001 - any fitting failure falls back to GEE, the reason is reported
+        failure = f"{type(error).__name__}: {error}"
+    try:
+        return {**base, **_fit_gee(data, formula), "note": f"mixed model failed ({failure}); GEE fitted instead"}
+    except Exception as error:  # noqa: BLE001
+        return {**base, "method": None, "note": f"mixed model failed ({failure}); GEE failed ({error})"}
+
+
+def _fit_bayes_mixed(data, formula):
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    random_effects = {"participant": "0 + C(participant)", "case": "0 + C(case)"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = BinomialBayesMixedGLM.from_formula(formula, random_effects, data)
+        fit = model.fit_vb(rng=np.random.default_rng(0))  # fixed start: the same data give the same numbers
+    names = model.exog_names
+    means, sds = np.asarray(fit.fe_mean), np.asarray(fit.fe_sd)
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(sds))):
+        raise ValueError("non-finite estimates")
+    fixed = {}
+    for name, mean, sd in zip(names, means, sds):
+        low, high = mean - 1.96 * sd, mean + 1.96 * sd
+        fixed[name] = {
+            "estimate": float(mean),
+            "sd": float(sd),
+            "ci95": [float(low), float(high)],
+            "odds_ratio": float(np.exp(mean)),
+            "odds_ratio_ci95": [float(np.exp(low)), float(np.exp(high))],
+        }
+    random_sd = {name: float(np.exp(value)) for name, value in zip(model.vcp_names, np.asarray(fit.vcp_mean))}
+    return {
+        "method": "BinomialBayesMixedGLM (variational Bayes)",
+        "converged": bool(fit.optim_retvals.success),
+        "fixed_effects": fixed,
+        "random_effects_sd": random_sd,
+    }
+
+
+def _fit_gee(data, formula):
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = smf.gee(
+            formula, "participant", data, family=sm.families.Binomial(), cov_struct=sm.cov_struct.Exchangeable()
+        ).fit()
+    fixed = {}
+    intervals = fit.conf_int()
+    for name in fit.params.index:
+        low, high = intervals.loc[name]
+        fixed[name] = {
+            "estimate": float(fit.params[name]),
+            "sd": float(fit.bse[name]),
+            "ci95": [float(low), float(high)],
+            "p": float(fit.pvalues[name]),
+            "odds_ratio": float(np.exp(fit.params[name])),
+            "odds_ratio_ci95": [float(np.exp(low)), float(np.exp(high))],
+        }
+    return {"method": "GEE logistic, exchangeable within participant", "fixed_effects": fixed}
+
+
+def glmm_block1(answers):
+    data = block1_answers(answers)[["participant", "case", "image_source", "correct"]]
+    formula = "correct ~ C(image_source, Treatment('real'))"
+    return mixed_logistic(data, formula, "Block 1 correctness by image source (reference: real)")
+
+
+def glmm_block2(pairs):
+    long = pd.concat(
+        [
+            pairs.assign(decision=decision, correct=pairs[f"{decision}_correct"])[
+                ["participant", "case", "cf_model", "decision", "correct"]
+            ]
+            for decision in DECISIONS
+        ],
+        ignore_index=True,
+    )
+    formula = "correct ~ C(decision, Treatment('first')) * C(cf_model, Treatment('baseline'))"
+    return mixed_logistic(long, formula, "Block 2 correctness by decision (first/final) x counterfactual model")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export for external MRMC software
+
+
+def imrmc_realness(answers):
+    """iMRMC list-mode rows for the real-versus-synthetic task: truth 1 for a real image, 0 for a synthetic one,
+    score = realness. Modality = counterfactual model; each modality holds the patient's real image (read once, used
+    in both modalities) and that model's image, so the two modalities are read on the same cases."""
+    rows = block1_answers(answers).dropna(subset=["realness"])
+    records = []
+    for model in MODELS:
+        for source in ("real", model):
+            chosen = rows[rows["image_source"] == source]
+            kind = "real" if source == "real" else "synthetic"
+            records.append(
+                pd.DataFrame(
+                    {
+                        "reader": chosen["participant"].astype(str),
+                        "case": chosen["case"].astype(str) + f"-{kind}",
+                        "modality": model,
+                        "score": chosen["realness"].astype(float),
+                        "truth": 1 if source == "real" else 0,
+                    }
+                )
+            )
+    table = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
+    return table.sort_values(["modality", "reader", "case"], kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Everything together
+
+
+def analyse(answers, fit_models=True, progress=None):
+    """Run every statistic on the tidy answer table. Returns (results, tables): a JSON-ready nested dict and the
+    per-participant / per-case tables behind it. `fit_models=False` skips the (slow) mixed models; `progress` is
+    called with the name of each stage."""
+    progress = progress or (lambda stage: None)
+    progress("block 1")
+    realness = per_participant_by_source(answers, "realness", "mean")
+    reasons = per_participant_by_source(answers, "n_reasons", "sum")
+    auroc_summary, auroc_table = realness_auroc(answers)
+    progress("block 2")
+    pairs = block2_pairs(answers)
+    change_by_participant = accuracy_change_per_participant(pairs)
+    change_by_case = accuracy_change_per_case(pairs)
+    block1 = {
+        "accuracy_by_source": accuracy_by_source(answers),
+        "accuracy_by_source_condition": accuracy_by_source_condition(answers),
+        "within_patient_difference": within_patient_difference(answers),
+        "realness_mean": _column_means(realness),
+        "realness_ttest": paired_source_tests(realness, ("baseline", "real")),
+        "reasons_mean": _column_means(reasons),
+        "reasons_ttest": paired_source_tests(reasons, ("real", "baseline")),
+        "realness_auroc": auroc_summary,
+    }
+    block2 = {
+        "n_pairs": len(pairs),
+        "first_accuracy": first_accuracy(pairs),
+        "final_accuracy": final_accuracy(pairs),
+        "correction_rate": correction_rate(pairs),
+        "correction_rate_excluding_top_case": correction_rate_excluding_top_case(pairs),
+        "accuracy_change": accuracy_change_summary(change_by_participant),
+        "confidence_accuracy_r": confidence_accuracy(pairs),
+        "confidence_accuracy_r_by_condition": confidence_accuracy_by_condition(pairs),
+        "confidence_accuracy_rmcorr": confidence_accuracy_within(pairs),
+        "brier": brier_scores(pairs),
+        "switch_table": switch_tables(pairs),
+    }
+    for key in ("correction_rate", "correction_rate_excluding_top_case"):
+        rates = block2[key]
+        block2[key]["proposed_minus_baseline"] = rates["proposed"]["estimate"] - rates["baseline"]["estimate"]
+    skipped = {"method": None, "note": "mixed models not requested"}
+    if fit_models:
+        progress("mixed models")
+    results = {
+        "block1": block1,
+        "block2": block2,
+        "models": {
+            "glmm_block1": glmm_block1(answers) if fit_models else skipped,
+            "glmm_block2": glmm_block2(pairs) if fit_models else dict(skipped),
+        },
+    }
+    results["multiplicity"] = apply_holm(results)
+    tables = {
+        "realness_per_participant": realness,
+        "reasons_per_participant": reasons,
+        "realness_auroc_per_participant": auroc_table,
+        "block2_pairs": pairs,
+        "accuracy_change_per_participant": change_by_participant,
+        "accuracy_change_per_case": change_by_case,
+        "confidence_accuracy_per_participant": _confidence_accuracy_long(pairs),
+        "imrmc_realness": imrmc_realness(answers),
+    }
+    return results, tables
+
+
+def _column_means(table):
+    return {source: float(table[source].mean()) if table[source].notna().any() else math.nan for source in SOURCES}
+
+
+def _confidence_accuracy_long(pairs):
+    frames = []
+    for decision in DECISIONS:
+        for model in MODELS:
+            table = confidence_accuracy_table(pairs, decision, model).reset_index()
+            frames.append(table.assign(decision=decision, cf_model=model))
+    columns = ["participant", "decision", "cf_model", "confidence", "accuracy"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+# The confirmatory family for the Holm correction, primary endpoint first. Paths point into the results dict; each
+# entry gets a `p_holm` next to its `p`.
+HOLM_FAMILY = (
+    PRIMARY_ENDPOINT,
+    "block1.realness_ttest.proposed_vs_real",
+    "block1.reasons_ttest.proposed_vs_real",
+    "block1.reasons_ttest.proposed_vs_baseline",
+    "block2.switch_table.baseline.mcnemar",
+    "block2.switch_table.proposed.mcnemar",
+    "block2.confidence_accuracy_r.final.baseline",
+    "block2.confidence_accuracy_r.final.proposed",
+)
+
+
+def apply_holm(results, family=HOLM_FAMILY):
+    entries = {path: _lookup(results, path) for path in family}
+    adjusted = holm({path: entry["p"] for path, entry in entries.items()})
+    for path, entry in entries.items():
+        entry["p_holm"] = adjusted[path]
+    return {
+        "method": "Holm step-down, family-wise error 0.05",
+        "primary_endpoint": PRIMARY_ENDPOINT,
+        "primary_endpoint_description": "Block 1 realness, proposed vs baseline (paired t-test across participants)",
+        "family": list(family),
+        "p_holm": adjusted,
+    }
+
+
+def _lookup(results, path):
+    node = results
+    for key in path.split("."):
+        node = node[key]
+    return node

@@ -1,0 +1,878 @@
+"""Every state change of a study, its stimulus set and its participants.
+
+Each function is one transaction that locks the rows it changes (`select_for_update`) and writes an AuditLog row.
+Participant submissions are idempotent: the (participant, sequence) unique constraint allows one answer per trial,
+and a repeated submission returns the stored answer instead of storing a second one. Views and the API only parse
+input, call one function here and render the result; errors are raised as `FlowError` subclasses that carry the
+HTTP status a view should answer with.
+"""
+
+import json
+import logging
+import re
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from studyplatform import counterbalance, images
+from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
+from studyplatform.models.study import CONDITIONS
+
+logger = logging.getLogger(__name__)
+
+EXTERNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+MAX_RT_MS = 24 * 3600 * 1000
+CASE_FIELDS = {"label", "source_id", "position", "true_condition", "cf_condition"}
+ANSWER_FIELDS = {"diagnosis", "realness", "slider_moved", "reasons", "confidence", "rt_ms"}
+
+
+class FlowError(Exception):
+    """A participant request the study cannot accept; nothing was stored."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message, errors=None):
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+
+
+class AnswerInvalid(FlowError):
+    code = "invalid_answer"
+
+
+class EntryRefused(FlowError):
+    status = 403
+    code = "entry_refused"
+
+
+class SessionNotFound(FlowError):
+    status = 404
+    code = "session_not_found"
+
+
+class TrialNotFound(FlowError):
+    status = 404
+    code = "trial_not_found"
+
+
+class StudyNotOpen(FlowError):
+    status = 409
+    code = "study_not_open"
+
+
+class SessionEnded(FlowError):
+    status = 409
+    code = "session_ended"
+
+
+class TrialOutOfOrder(FlowError):
+    status = 409
+    code = "trial_out_of_order"
+
+
+# --- audit ------------------------------------------------------------------------------------------------------
+
+
+def audit(actor, action, obj, study=None, **details):
+    """Write one audit row. `actor` is a user, a Participant or None (the system)."""
+    user, label = None, "system"
+    if isinstance(actor, Participant):
+        label = f"participant {actor.label}"
+    elif actor is not None and getattr(actor, "is_authenticated", False):
+        user, label = actor, actor.get_username()
+    return AuditLog.objects.create(
+        actor=user,
+        actor_label=label,
+        action=action,
+        study=study,
+        object_type=type(obj).__name__.lower(),
+        object_id=str(obj.pk),
+        details=details,
+    )
+
+
+# --- stimulus set -----------------------------------------------------------------------------------------------
+
+
+def _lock_draft(study):
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    if study.status != Study.Status.DRAFT:
+        raise ValidationError(f"study {study.slug!r} is {study.status}: its stimulus set can only change in draft")
+    return study
+
+
+def _check_condition(value, what):
+    if value not in CONDITIONS:
+        raise ValidationError(f"{what} must be one of {', '.join(CONDITIONS)} (got {value!r})")
+
+
+@transaction.atomic
+def save_study(study, by=None, changed=()):
+    """Save researcher edits of a study's settings (not its status: see open_study / close_study)."""
+    _check_study_settings(study, raise_first=True)
+    is_new = study.pk is None
+    if not is_new:
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        study.status = locked.status
+    study.save()
+    audit(by, "study.create" if is_new else "study.update", study, study, fields=sorted(changed))
+    return study
+
+
+def _check_study_settings(study, raise_first=False):
+    problems = []
+    if sorted(study.diagnosis_labels or {}) != sorted(CONDITIONS):
+        problems.append(f"diagnosis labels must be given for exactly {', '.join(CONDITIONS)}")
+    reasons = study.reasons if isinstance(study.reasons, list) else None
+    if not reasons or not all(isinstance(r, str) and r.strip() for r in reasons):
+        problems.append("reasons must be a non-empty list of non-empty texts")
+    if not study.realness_min < study.realness_max:
+        problems.append("realness scale: the minimum must be below the maximum")
+    if not study.confidence_min < study.confidence_max:
+        problems.append("confidence scale: the minimum must be below the maximum")
+    problems += _attention_check_problems(study)
+    if raise_first and problems:
+        raise ValidationError(problems)
+    return problems
+
+
+def _attention_check_problems(study):
+    checks = study.attention_checks
+    if checks in (None, ""):
+        return []
+    if not isinstance(checks, list):
+        return ["attention checks must be a list"]
+    problems = []
+    for number, check in enumerate(checks, start=1):
+        if not isinstance(check, dict) or set(check) != {"after", "instruction", "expected"}:
+            problems.append(f"attention check {number} needs exactly the keys after, instruction, expected")
+        elif not isinstance(check["after"], int) or not 1 <= check["after"] <= 3 * study.block1_patients:
+            problems.append(f"attention check {number}: 'after' must be a Block-1 trial number")
+        elif check["expected"] not in CONDITIONS:
+            problems.append(f"attention check {number}: 'expected' must be one of {', '.join(CONDITIONS)}")
+    return problems
+
+
+def _normalised(study, data, name):
+    return images.normalise(data, name=name, working_size=study.working_size, display_size=study.display_size)
+
+
+@transaction.atomic
+def add_case(
+    study,
+    *,
+    label,
+    block,
+    true_condition,
+    real_image,
+    real_image_name="real image",
+    cf_condition=None,
+    source_id="",
+    position=None,
+    by=None,
+):
+    """Add a patient (Block 1) or case (Block 2) with its real image. Block-2 counterfactuals are always "if healthy"
+    and Block-2 cases must be diseased; a Block-1 patient's counterfactuals default to its own condition."""
+    study = _lock_draft(study)
+    if block not in (1, 2):
+        raise ValidationError(f"case {label}: block must be 1 or 2")
+    _check_condition(true_condition, f"case {label}: true condition")
+    if block == 2:
+        if true_condition == "healthy":
+            raise ValidationError(f"case {label}: a Block-2 case must show effusion or pneumonia")
+        cf_condition = "healthy"
+    cf_condition = cf_condition or true_condition
+    _check_condition(cf_condition, f"case {label}: counterfactual condition")
+    if Case.objects.filter(study=study, label=label).exists():
+        raise ValidationError(f"case {label}: the study already has a case with this label")
+    png = _normalised(study, real_image, real_image_name)
+    if position is None:
+        position = Case.objects.filter(study=study, block=block).count()
+    case = Case.objects.create(
+        study=study,
+        block=block,
+        label=label,
+        source_id=source_id,
+        true_condition=true_condition,
+        cf_condition=cf_condition,
+        position=position,
+    )
+    _store_stimulus(case, Stimulus.Source.REAL, png, true_condition, real_image_name, {"source_id": source_id})
+    audit(by, "case.add", case, study, label=label, block=block, true_condition=true_condition)
+    return case
+
+
+def _store_stimulus(case, source, png, condition, name, provenance):
+    """Create or replace the case's image of this source (only drafts change, so no answer refers to it yet). The
+    replaced file is removed once the new row has committed."""
+    old = Stimulus.objects.filter(case=case, source=source).first()
+    if old is not None:
+        old_file = old.file
+        old.delete()
+        transaction.on_commit(lambda: images.remove(old_file))
+    relative, digest = images.store(png)
+    return Stimulus.objects.create(
+        case=case,
+        source=source,
+        condition=condition,
+        token=secrets.token_urlsafe(24),
+        file=relative,
+        sha256=digest,
+        original_name=name[:300],
+        provenance=provenance or {},
+    )
+
+
+@transaction.atomic
+def attach_stimulus(case, source, image, *, name="upload", condition=None, provenance=None, by=None):
+    """Attach (or replace) a counterfactual or real image of a case. Counterfactuals show the case's cf_condition."""
+    study = _lock_draft(case.study)
+    case = Case.objects.select_for_update().get(pk=case.pk)
+    if source not in Stimulus.Source.values:
+        raise ValidationError(f"case {case.label}: unknown image source {source!r}")
+    expected = case.true_condition if source == Stimulus.Source.REAL else case.cf_condition
+    condition = condition or expected
+    if condition != expected:
+        raise ValidationError(
+            f"case {case.label}: the {source} image must show {expected} (got {condition}); both counterfactuals of "
+            "a case show the same condition"
+        )
+    png = _normalised(study, image, name)
+    stimulus = _store_stimulus(case, source, png, condition, name, provenance)
+    audit(by, "stimulus.attach", stimulus, study, case=case.label, source=source, name=name)
+    return stimulus
+
+
+@transaction.atomic
+def update_case(case, *, by=None, **fields):
+    """Change a case's label, source id, position or conditions (draft only; images stay as they are)."""
+    _lock_draft(case.study)
+    case = Case.objects.select_for_update().get(pk=case.pk)
+    if set(fields) - CASE_FIELDS:
+        raise ValidationError(f"case {case.label}: cannot change {', '.join(sorted(set(fields) - CASE_FIELDS))}")
+    for name in ("true_condition", "cf_condition"):
+        if name in fields:
+            _check_condition(fields[name], f"case {case.label}: {name.replace('_', ' ')}")
+    has_counterfactuals = case.stimuli.exclude(source=Stimulus.Source.REAL).exists()
+    if has_counterfactuals and fields.get("cf_condition", case.cf_condition) != case.cf_condition:
+        raise ValidationError(f"case {case.label}: remove its counterfactuals before changing their condition")
+    for name, value in fields.items():
+        setattr(case, name, value)
+    if case.block == 2 and (case.cf_condition != "healthy" or case.true_condition == "healthy"):
+        raise ValidationError(f"case {case.label}: Block-2 cases show disease and have 'if healthy' counterfactuals")
+    case.save()
+    case.stimuli.filter(source=Stimulus.Source.REAL).update(condition=case.true_condition)
+    audit(by, "case.update", case, case.study, fields=sorted(fields))
+    return case
+
+
+@transaction.atomic
+def delete_case(case, by=None):
+    _lock_draft(case.study)
+    files = list(case.stimuli.values_list("file", flat=True))
+    audit(by, "case.delete", case, case.study, label=case.label)
+    case.delete()
+    transaction.on_commit(lambda: [images.remove(f) for f in files])
+
+
+def import_counterfactual_manifest(study, manifest_dir, *, model_role=None, by=None):
+    """Attach a generator's counterfactuals (manifest.json + PNGs in `manifest_dir`) to the study's cases.
+
+    An item is attached to every case whose source_id equals the item's and whose counterfactual condition equals
+    the item's intervention. The model role comes from the argument or the manifest. The whole manifest is checked
+    first and imported in one transaction: a bad item changes nothing. Returns {"attached": [...], "unmatched": [...]}.
+    """
+    manifest_dir = Path(manifest_dir)
+    manifest_path = manifest_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as exc:
+        raise ValidationError(f"{manifest_path}: no manifest.json in this folder") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("items"), list):
+        raise ValidationError(f"{manifest_path}: expected an object with an 'items' list")
+    role = model_role or manifest.get("model_role")
+    if role not in counterbalance.MODELS:
+        raise ValidationError(f"{manifest_path}: model role must be baseline or proposed (got {role!r})")
+
+    cases = list(Case.objects.filter(study=study))
+    planned, unmatched = [], []
+    for number, item in enumerate(manifest["items"], start=1):
+        where = f"{manifest_path} item {number}"
+        if not isinstance(item, dict) or not isinstance(item.get("file"), str) or "source_id" not in item:
+            raise ValidationError(f"{where}: needs 'file' and 'source_id'")
+        disease = (item.get("intervention") or {}).get("disease")
+        if disease not in CONDITIONS:
+            raise ValidationError(f"{where}: intervention.disease must be one of {', '.join(CONDITIONS)}")
+        file_path = (manifest_dir / item["file"]).resolve()
+        if manifest_dir.resolve() not in file_path.parents:
+            raise ValidationError(f"{where}: file {item['file']!r} lies outside the manifest folder")
+        matches = [c for c in cases if c.source_id == str(item["source_id"]) and c.cf_condition == disease]
+        if not matches:
+            unmatched.append(str(item["source_id"]))
+            continue
+        try:
+            data = file_path.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"{where}: cannot read {item['file']} ({exc.strerror})") from exc
+        try:
+            _normalised(study, data, f"{where} ({item['file']})")
+        except images.ImageRejected as exc:
+            raise ValidationError(str(exc)) from exc
+        provenance = {
+            "run": manifest.get("run", ""),
+            "checkpoint": manifest.get("checkpoint", ""),
+            "source_id": str(item["source_id"]),
+            "intervention": item["intervention"],
+            "seed": item.get("seed"),
+            "expert_probabilities": item.get("expert_probabilities", {}),
+        }
+        planned += [(case, data, item["file"], disease, provenance) for case in matches]
+    if not planned:
+        raise ValidationError(
+            f"{manifest_path}: no item matches a case of study {study.slug!r} (by source_id and intervened condition)"
+        )
+    with transaction.atomic():
+        attached = [
+            attach_stimulus(case, role, data, name=name, condition=disease, provenance=provenance, by=by)
+            for case, data, name, disease, provenance in planned
+        ]
+        audit(
+            by,
+            "stimulus.import_manifest",
+            study,
+            study,
+            run=manifest.get("run", ""),
+            role=role,
+            attached=len(attached),
+            unmatched=len(unmatched),
+        )
+    return {"attached": [f"{s.case.label}:{s.source}" for s in attached], "unmatched": unmatched}
+
+
+def study_problems(study):
+    """Everything that stops the study from opening, as readable sentences (empty when it can open)."""
+    problems = []
+    if not study.consent_text.strip():
+        problems.append("consent text is empty")
+    if not study.instructions_block1.strip() or not study.instructions_block2.strip():
+        problems.append("instructions for Block 1 and Block 2 are required")
+    if not study.completion_code.strip():
+        problems.append("the completion code is empty")
+    problems += _check_study_settings(study)
+    if study.block1_patients < 2:
+        problems.append("Block 1 needs at least 2 patients (images of one patient are never shown back to back)")
+
+    cases = list(Case.objects.filter(study=study).prefetch_related("stimuli"))
+    for block, wanted, sources in (
+        (1, study.block1_patients, ("real", "baseline", "proposed")),
+        (2, study.block2_cases, ("real", "baseline", "proposed")),
+    ):
+        block_cases = [c for c in cases if c.block == block]
+        if len(block_cases) != wanted:
+            problems.append(f"Block {block} needs {wanted} cases, has {len(block_cases)}")
+        for case in block_cases:
+            by_source = {s.source: s for s in case.stimuli.all()}
+            missing = [s for s in sources if s not in by_source]
+            if missing:
+                problems.append(f"case {case.label}: missing {', '.join(missing)} image")
+            for stimulus in by_source.values():
+                if not images.stored_path(stimulus.file).is_file():
+                    problems.append(f"case {case.label}: the {stimulus.source} image file is missing on disk")
+            if block == 2 and case.true_condition == "healthy":
+                problems.append(f"case {case.label}: Block-2 cases must show effusion or pneumonia")
+            synthetic = {by_source[s].condition for s in ("baseline", "proposed") if s in by_source}
+            if len(synthetic) > 1:
+                problems.append(f"case {case.label}: the two counterfactuals show different conditions")
+    return problems
+
+
+@transaction.atomic
+def open_study(study, by=None):
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    if study.status == Study.Status.OPEN:
+        return study
+    problems = study_problems(study)
+    if problems:
+        raise ValidationError([f"Study {study.slug!r} cannot open: {p}" for p in problems])
+    study.status = Study.Status.OPEN
+    study.opened_at = timezone.now()
+    study.save(update_fields=["status", "opened_at"])
+    audit(by, "study.open", study, study)
+    return study
+
+
+@transaction.atomic
+def close_study(study, by=None):
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    if study.status != Study.Status.CLOSED:
+        study.status = Study.Status.CLOSED
+        study.closed_at = timezone.now()
+        study.save(update_fields=["status", "closed_at"])
+        audit(by, "study.close", study, study)
+    return study
+
+
+@transaction.atomic
+def create_invites(study, count, note="", by=None):
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    if not 1 <= count <= 1000:
+        raise ValidationError("between 1 and 1000 invites at a time")
+    invites = [Invite.objects.create(study=study, token=secrets.token_urlsafe(24), note=note) for _ in range(count)]
+    audit(by, "invite.create", study, study, count=count, note=note)
+    return invites
+
+
+def participant_counts(study):
+    """How many participants of the study are in each status, in total, and excluded from the analysis."""
+    return study.participants.aggregate(
+        total=Count("pk"),
+        excluded_from_analysis=Count("pk", filter=Q(excluded=True)),
+        **{status: Count("pk", filter=Q(status=status)) for status in Participant.Status.values},
+    )
+
+
+# --- researcher actions on participants ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def exclude_participant(participant, reason, by=None):
+    participant = Participant.objects.select_for_update().get(pk=participant.pk)
+    if not reason.strip():
+        raise ValidationError("give a reason for the exclusion")
+    participant.status = Participant.Status.EXCLUDED
+    participant.excluded = True
+    participant.exclusion_reason = reason.strip()[:200]
+    participant.save(update_fields=["status", "excluded", "exclusion_reason"])
+    audit(by, "participant.exclude", participant, participant.study, reason=reason)
+    return participant
+
+
+@transaction.atomic
+def include_participant(participant, by=None):
+    """Count a timed-out or excluded participant's answers again (their status stays as it is)."""
+    participant = Participant.objects.select_for_update().get(pk=participant.pk)
+    participant.excluded = False
+    participant.exclusion_reason = ""
+    participant.save(update_fields=["excluded", "exclusion_reason"])
+    audit(by, "participant.include", participant, participant.study)
+    return participant
+
+
+@transaction.atomic
+def delete_participant_data(participant, by=None):
+    """Delete a participant and every answer (a data-deletion request). The audit row keeps only the label."""
+    participant = Participant.objects.select_for_update().get(pk=participant.pk)
+    n_answers = participant.responses.count()
+    audit(by, "participant.delete_data", participant, participant.study, label=participant.label, answers=n_answers)
+    participant.delete()
+    return n_answers
+
+
+def expire_idle_sessions(study=None, now=None):
+    """Mark every active session idle beyond its study's time limit as timed out. Returns how many."""
+    now = now or timezone.now()
+    active = Participant.objects.filter(status__in=Participant.ACTIVE).select_related("study")
+    if study is not None:
+        active = active.filter(study=study)
+    return sum(expire_if_idle(p, now=now) for p in active)
+
+
+@transaction.atomic
+def expire_if_idle(participant, now=None):
+    """Time out this session if it has been idle longer than the study allows; True when it did."""
+    now = now or timezone.now()
+    participant = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+    limit = timedelta(minutes=participant.study.time_limit_minutes)
+    if participant.status not in Participant.ACTIVE or now - participant.last_seen_at <= limit:
+        return False
+    participant.status = Participant.Status.TIMED_OUT
+    participant.excluded = True
+    participant.exclusion_reason = f"timed out: idle for more than {participant.study.time_limit_minutes} min"
+    participant.save(update_fields=["status", "excluded", "exclusion_reason"])
+    audit(
+        None, "participant.timeout", participant, participant.study, last_seen_at=participant.last_seen_at.isoformat()
+    )
+    return True
+
+
+# --- participant session ------------------------------------------------------------------------------------------
+
+
+def check_entry(study, external_id, prolific_study_id):
+    """Refuse an entry link for a closed study, a malformed PROLIFIC_PID or a STUDY_ID of another study."""
+    if study.status != Study.Status.OPEN:
+        raise StudyNotOpen("This study is not open at the moment.")
+    if external_id and not EXTERNAL_ID_PATTERN.match(external_id):
+        raise EntryRefused("The participant id in this link is not valid.")
+    if study.prolific_study_id and prolific_study_id != study.prolific_study_id:
+        raise EntryRefused("This link belongs to a different study. Please use the link from Prolific.")
+
+
+def find_session(study, external_id):
+    """The existing session of this Prolific participant, if any (they resume it instead of starting again)."""
+    if not external_id:
+        return None
+    return Participant.objects.filter(study=study, external_id=external_id).first()
+
+
+def check_invite(study, token):
+    """The invite behind a link, or EntryRefused when it is unknown or already used."""
+    invite = Invite.objects.filter(study=study, token=token).first()
+    if invite is None:
+        raise EntryRefused("This invitation link is not valid.")
+    if invite.used_at is not None:
+        raise EntryRefused("This invitation link has already been used.")
+    return invite
+
+
+@transaction.atomic
+def start_session(study, *, external_id="", prolific_study_id="", prolific_session_id="", invite_token=None):
+    """Start the session of a participant who consented (or resume theirs). Returns (participant, created).
+
+    A Prolific participant is identified by PROLIFIC_PID: a second start returns their existing session. An invite
+    link starts one session only. The study row is locked so participant indexes (the counterbalancing) are dense.
+    """
+    study = Study.objects.select_for_update().get(pk=study.pk)
+    external_id = (external_id or "").strip()
+    check_entry(study, external_id, (prolific_study_id or "").strip())
+    invite = None
+    if invite_token:
+        invite = check_invite(study, invite_token)
+        invite = Invite.objects.select_for_update().get(pk=invite.pk)
+    elif not external_id:
+        raise EntryRefused("Please open the study through the link you were given.")
+    else:
+        existing = find_session(study, external_id)
+        if existing is not None:
+            return existing, False
+
+    study.participant_counter += 1
+    study.save(update_fields=["participant_counter"])
+    seed = counterbalance.new_seed()
+    plan, assignment = counterbalance.build_plan(
+        seed=seed,
+        participant_index=study.participant_counter,
+        block1_cases=_block1_inputs(study),
+        block2_cases=_block2_inputs(study),
+        realness_range=(study.realness_min, study.realness_max),
+        attention_checks=study.attention_checks or (),
+    )
+    now = timezone.now()
+    participant = Participant.objects.create(
+        study=study,
+        index=study.participant_counter,
+        token=secrets.token_urlsafe(32),
+        external_id=external_id,
+        prolific_study_id=(prolific_study_id or "")[:100],
+        prolific_session_id=(prolific_session_id or "")[:100],
+        invite=invite,
+        seed=seed,
+        plan=plan,
+        cf_assignment=assignment,
+        consented_at=now,
+        last_seen_at=now,
+    )
+    if invite is not None:
+        invite.used_at = now
+        invite.save(update_fields=["used_at"])
+    audit(participant, "participant.start", participant, study, seed=seed, via="invite" if invite else "prolific")
+    return participant, True
+
+
+def _block1_inputs(study):
+    cases = Case.objects.filter(study=study, block=1).prefetch_related("stimuli")
+    return [(case.label, {s.source: s.pk for s in case.stimuli.all()}) for case in cases]
+
+
+def _block2_inputs(study):
+    inputs = []
+    for position, case in enumerate(Case.objects.filter(study=study, block=2).prefetch_related("stimuli")):
+        by_source = {s.source: s.pk for s in case.stimuli.all()}
+        cfs = {model: by_source[model] for model in counterbalance.MODELS}
+        inputs.append((case.label, position, by_source["real"], cfs))
+    return inputs
+
+
+def get_session(token):
+    """The participant behind a token. An idle session is timed out here, on its first request after the limit."""
+    participant = Participant.objects.select_related("study").filter(token=token).first() if token else None
+    if participant is None:
+        raise SessionNotFound("No study session belongs to this link.")
+    if expire_if_idle(participant):
+        participant.refresh_from_db()
+    return participant
+
+
+def _lock_active(participant):
+    participant = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+    if participant.study.status != Study.Status.OPEN:
+        raise StudyNotOpen("This study is closed; no more answers can be recorded.")
+    if participant.status not in Participant.ACTIVE:
+        raise SessionEnded(f"This session has ended ({participant.get_status_display()}).")
+    return participant
+
+
+def _block_trials(participant, block):
+    return [t for t in participant.plan if t["block"] == block]
+
+
+@transaction.atomic
+def begin_block(participant, block):
+    """The participant has read the instructions of `block`. Repeating it changes nothing."""
+    participant = _lock_active(participant)
+    started_field = {1: "block1_started_at", 2: "block2_started_at"}.get(block)
+    if started_field is None:
+        raise FlowError("Unknown block.")
+    if getattr(participant, started_field):
+        return participant
+    if block == 2 and participant.n_answers < len(_block_trials(participant, 1)):
+        raise TrialOutOfOrder("Block 1 is not finished yet.")
+    now = timezone.now()
+    setattr(participant, started_field, now)
+    participant.status = Participant.Status.BLOCK1 if block == 1 else Participant.Status.BLOCK2
+    participant.last_seen_at = now
+    participant.save(update_fields=[started_field, "status", "last_seen_at"])
+    audit(participant, f"participant.begin_block{block}", participant, participant.study)
+    return participant
+
+
+def _parse_int(value, name, low, high, errors):
+    if isinstance(value, bool) or value is None or value == "":
+        errors[name] = f"{name} is required (a whole number from {low} to {high})"
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\d{1,9}", value.strip()):
+        value = int(value.strip())
+    if not isinstance(value, int) or not low <= value <= high:
+        errors[name] = f"{name} must be a whole number from {low} to {high}"
+        return None
+    return value
+
+
+def _forbid(data, names, phase, errors):
+    for name in names:
+        if data.get(name) not in (None, "", []):
+            errors[name] = f"{name} is not asked in this part of the study ({phase})"
+
+
+def validate_answer(study, trial, data):
+    """Check a submitted answer against the trial's question and the study's scales; return clean values or raise
+    AnswerInvalid with one message per field."""
+    if not isinstance(data, dict):
+        raise AnswerInvalid("The answer must be an object of fields.")
+    errors = {}
+    unknown = sorted(set(data) - ANSWER_FIELDS)
+    if unknown:
+        errors["unknown"] = f"unknown fields: {', '.join(map(str, unknown))}"
+    clean = {"diagnosis": data.get("diagnosis"), "realness": None, "reasons": [], "confidence": None}
+    if clean["diagnosis"] not in CONDITIONS:
+        errors["diagnosis"] = f"diagnosis must be one of {', '.join(CONDITIONS)}"
+    clean["rt_ms"] = _parse_int(data.get("rt_ms"), "rt_ms", 0, MAX_RT_MS, errors)
+    phase = trial["phase"]
+    if phase == "block1":
+        clean["realness"] = _parse_int(data.get("realness"), "realness", study.realness_min, study.realness_max, errors)
+        if data.get("slider_moved") not in (True, "true", "1", "on", 1):
+            errors["slider_moved"] = "move the realness slider before continuing"
+        clean["reasons"] = _parse_reasons(data.get("reasons"), len(study.reasons), errors)
+        _forbid(data, ["confidence"], phase, errors)
+    elif phase in ("pre", "post"):
+        clean["confidence"] = _parse_int(
+            data.get("confidence"), "confidence", study.confidence_min, study.confidence_max, errors
+        )
+        _forbid(data, ["realness", "reasons", "slider_moved"], phase, errors)
+    else:
+        _forbid(data, ["realness", "reasons", "slider_moved", "confidence"], phase, errors)
+    if errors:
+        raise AnswerInvalid("Please check your answer: " + "; ".join(errors.values()), errors)
+    return clean
+
+
+def _parse_reasons(value, n_reasons, errors):
+    if value in (None, ""):
+        return []
+    values = value if isinstance(value, list) else [value]
+    numbers = []
+    for item in values:
+        number = None
+        if isinstance(item, int) and not isinstance(item, bool):
+            number = item
+        elif isinstance(item, str) and item.strip().isdigit() and len(item.strip()) < 4:
+            number = int(item.strip())
+        if number is None or not 1 <= number <= n_reasons:
+            errors["reasons"] = f"reasons must be numbers from 1 to {n_reasons}"
+            return []
+        numbers.append(number)
+    if len(set(numbers)) != len(numbers):
+        errors["reasons"] = "each reason can be ticked once"
+        return []
+    return sorted(numbers)
+
+
+def submit_answer(participant, trial_id, data):
+    """Store the answer to one trial and return (response, created).
+
+    A trial already answered returns its stored answer (created False) whatever is sent: double clicks, reloads and
+    replays never store a second answer and never change the first. Only the next unanswered trial of an active
+    session in an open study can be answered.
+    """
+    if expire_if_idle(participant):
+        raise SessionEnded("This session timed out because it was idle for too long.")
+    try:
+        return _record_answer(participant, trial_id, data)
+    except IntegrityError:
+        # A concurrent request stored this trial first (databases without row locks): answer with that one.
+        stored = Response.objects.filter(
+            participant=participant, sequence=find_trial(participant, trial_id)["sequence"]
+        )
+        return stored.get(), False
+
+
+def find_trial(participant, trial_id):
+    for trial in participant.plan:
+        if trial["id"] == trial_id:
+            return trial
+    raise TrialNotFound("This question does not belong to your session.")
+
+
+@transaction.atomic
+def _record_answer(participant, trial_id, data):
+    locked = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+    trial = find_trial(locked, str(trial_id or ""))
+    if trial["sequence"] < locked.n_answers:
+        return Response.objects.get(participant=locked, sequence=trial["sequence"]), False
+    participant = _lock_active(locked)
+    study = participant.study
+    if trial["sequence"] > participant.n_answers:
+        raise TrialOutOfOrder("Please answer the questions in the order they are shown.")
+    if (
+        trial["block"] == 1
+        and not participant.block1_started_at
+        or trial["block"] == 2
+        and not (participant.block2_started_at)
+    ):
+        raise TrialOutOfOrder(f"Please read the instructions of Block {trial['block']} first.")
+    clean = validate_answer(study, trial, data)
+
+    stimulus_ids = [i for i in (trial.get("stimulus"), trial.get("cf_stimulus")) if i]
+    stimuli = Stimulus.objects.select_related("case").in_bulk(stimulus_ids)
+    stimulus = stimuli.get(trial.get("stimulus"))
+    response = Response.objects.create(
+        participant=participant,
+        sequence=trial["sequence"],
+        block=trial["block"],
+        phase=trial["phase"],
+        trial_index=trial["trial_index"],
+        case=stimulus.case if stimulus else None,
+        stimulus=stimulus,
+        cf_stimulus=stimuli.get(trial.get("cf_stimulus")),
+        cf_model=trial.get("cf_model", ""),
+        slider_start=trial.get("slider_start"),
+        **clean,
+    )
+    now = timezone.now()
+    participant.n_answers += 1
+    participant.last_seen_at = now
+    fields = ["n_answers", "last_seen_at"]
+    if trial["phase"] == "attention" and clean["diagnosis"] != trial["expected"] and not participant.excluded:
+        participant.excluded = True
+        participant.exclusion_reason = f"failed attention check {trial['trial_index']}"
+        fields += ["excluded", "exclusion_reason"]
+    if participant.n_answers == len(participant.plan):
+        participant.status = Participant.Status.COMPLETED
+        participant.completed_at = now
+        fields += ["status", "completed_at"]
+    participant.save(update_fields=fields)
+    audit(participant, "answer.submit", response, study, sequence=trial["sequence"], phase=trial["phase"])
+    if participant.status == Participant.Status.COMPLETED:
+        audit(participant, "participant.complete", participant, study)
+    return response, True
+
+
+@transaction.atomic
+def withdraw(participant):
+    """The participant leaves the study: their answers are deleted and the session ends. Repeating is harmless."""
+    participant = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+    if participant.status == Participant.Status.WITHDRAWN:
+        return participant
+    deleted, _ = participant.responses.all().delete()
+    participant.status = Participant.Status.WITHDRAWN
+    participant.excluded = True
+    participant.exclusion_reason = "withdrew from the study"
+    participant.n_answers = 0
+    participant.save(update_fields=["status", "excluded", "exclusion_reason", "n_answers"])
+    audit(participant, "participant.withdraw", participant, participant.study, answers_deleted=deleted)
+    return participant
+
+
+# --- what the participant sees next ------------------------------------------------------------------------------
+
+
+def progress(participant):
+    block_of_next = (
+        participant.plan[participant.n_answers]["block"] if participant.n_answers < len(participant.plan) else 2
+    )
+    in_block = _block_trials(participant, block_of_next)
+    done_in_block = sum(1 for t in in_block if t["sequence"] < participant.n_answers)
+    return {
+        "answered": participant.n_answers,
+        "total": len(participant.plan),
+        "block": block_of_next,
+        "block_answered": done_in_block,
+        "block_total": len(in_block),
+        "percent": round(100 * participant.n_answers / max(1, len(participant.plan))),
+    }
+
+
+def public_trial(participant, trial, tokens):
+    """What a participant may know about a trial: its id, its question and opaque image ids (never the source)."""
+    shown = {
+        "id": trial["id"],
+        "block": trial["block"],
+        "phase": trial["phase"],
+        "number": trial["trial_index"],
+        "images": [tokens[trial["stimulus"]]] if trial.get("stimulus") else [],
+    }
+    if trial.get("cf_stimulus"):
+        shown["images"].append(tokens[trial["cf_stimulus"]])
+    if trial["phase"] == "block1":
+        shown["slider_start"] = trial["slider_start"]
+    if trial["phase"] == "attention":
+        shown["instruction"] = trial["instruction"]
+    return shown
+
+
+def next_step(participant):
+    """The server's decision of what the participant sees now.
+
+    state: instructions (with block), trial, complete or ended (withdrawn, timed out, excluded, study closed)."""
+    step = {"progress": progress(participant), "status": participant.status}
+    plan, done = participant.plan, participant.n_answers
+    if participant.status == Participant.Status.COMPLETED:
+        return {**step, "state": "complete"}
+    if participant.status not in Participant.ACTIVE:
+        return {**step, "state": "ended"}
+    if participant.study.status != Study.Status.OPEN:
+        return {**step, "state": "ended", "status": "study_closed"}
+    trial = plan[done]
+    if trial["block"] == 1 and not participant.block1_started_at:
+        return {**step, "state": "instructions", "block": 1}
+    if trial["block"] == 2 and not participant.block2_started_at:
+        return {**step, "state": "instructions", "block": 2}
+    upcoming = plan[done : done + 2]
+    ids = {i for t in upcoming for i in (t.get("stimulus"), t.get("cf_stimulus")) if i}
+    tokens = dict(Stimulus.objects.filter(pk__in=ids).values_list("pk", "token"))
+    following = public_trial(participant, upcoming[1], tokens) if len(upcoming) > 1 else None
+    return {
+        **step,
+        "state": "trial",
+        "trial": public_trial(participant, trial, tokens),
+        "preload": following["images"] if following else [],
+    }

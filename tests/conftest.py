@@ -1,0 +1,26 @@
+"""Shared fixtures."""
+
+import pytest
+
+
+@pytest.fixture
+def media_root(settings, tmp_path):
+    """Stimulus files of a test go to its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def open_study(db, media_root):
+    """An open study with a complete, small stimulus set (3 Block-1 patients, 2 Block-2 cases)."""
+    from tests.factories import complete_study
+
+    return complete_study()
+
+
+@pytest.fixture
+def participant(open_study):
+    from studyplatform import services
+
+    participant, _ = services.start_session(open_study, external_id="5f2a9c0e1b3d4a6f8e7c9b01", prolific_study_id="")
+    return participant
