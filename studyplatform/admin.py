@@ -6,7 +6,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from studyplatform import export, jobs, services
-from studyplatform.forms import CaseForm, InviteForm
+from studyplatform.forms import CaseForm, GenerateStimuliForm, InviteForm
 from studyplatform.models import AuditLog, Case, Invite, Job, Participant, Response, Stimulus, Study
 
 
@@ -100,7 +100,14 @@ class StudyAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("title",)}
     readonly_fields = ("status", "opened_at", "closed_at", "prolific_link", "readiness", "counts")
     inlines = [CaseInline]
-    actions = ["open_studies", "close_studies", "export_answers", "export_participants", "create_invites"]
+    actions = [
+        "open_studies",
+        "close_studies",
+        "export_answers",
+        "export_participants",
+        "create_invites",
+        "generate_stimuli",
+    ]
     fieldsets = (
         (None, {"fields": ("title", "slug", "status", "readiness", "counts", "prolific_link")}),
         ("Texts", {"fields": ("consent_text", "instructions_block1", "instructions_block2", "debrief_text")}),
@@ -208,15 +215,47 @@ class StudyAdmin(admin.ModelAdmin):
             )
             self.message_user(request, f"{len(invites)} invitation links created (see Invites).", messages.SUCCESS)
             return None
+        return self._action_form(request, queryset, study, form, "create_invites", "Create invitation links", "Create")
+
+    @admin.action(description="Generate counterfactual stimuli from training runs (background job)")
+    def generate_stimuli(self, request, queryset):
+        study = _one_study(self, request, queryset)
+        if study is None:
+            return None
+        form = GenerateStimuliForm(request.POST if "baseline_run" in request.POST else None)
+        if form.is_valid():
+            job = jobs.enqueue(
+                "generate_stimuli",
+                study_id=study.pk,
+                baseline_run=str(form.cleaned_data["baseline_run"].pk),
+                proposed_run=str(form.cleaned_data["proposed_run"].pk),
+                samples=form.cleaned_data["samples"],
+                seed=form.cleaned_data["seed"],
+            )
+            services.audit(request.user, "stimuli.generate", study, study, job=str(job.pk))
+            self.message_user(request, f"Job {job.pk} queued; follow its progress under Jobs.", messages.SUCCESS)
+            return None
+        help_text = (
+            "Every case with a data-set image id gets the counterfactual of each model under its counterfactual "
+            "condition; the images replace any earlier ones of the same model."
+        )
+        return self._action_form(
+            request, queryset, study, form, "generate_stimuli", "Generate counterfactual stimuli", "Queue job", help_text
+        )
+
+    def _action_form(self, request, queryset, study, form, action, title, submit, help_text=""):
         context = {
             **self.admin_site.each_context(request),
             "form": form,
             "study": study,
             "queryset": queryset,
-            "title": "Create invitation links",
+            "title": title,
+            "action": action,
+            "submit": submit,
+            "help": help_text,
             "opts": self.model._meta,
         }
-        return TemplateResponse(request, "study/admin_invites.html", context)
+        return TemplateResponse(request, "study/admin_action_form.html", context)
 
 
 class StimulusInline(admin.TabularInline):

@@ -52,6 +52,23 @@ class CaseForm(forms.ModelForm):
         return found
 
 
+class GenerateStimuliForm(forms.Form):
+    """Which finished training runs make the study's counterfactuals (a background job does the work)."""
+
+    baseline_run = forms.ModelChoiceField(queryset=None, help_text="the baseline generator")
+    proposed_run = forms.ModelChoiceField(queryset=None, help_text="the proposed generator")
+    samples = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="samples averaged per image")
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    def __init__(self, *args, **kwargs):
+        from generator.models import TrainingRun
+
+        super().__init__(*args, **kwargs)
+        finished = TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-created_at")
+        self.fields["baseline_run"].queryset = finished
+        self.fields["proposed_run"].queryset = finished
+
+
 class InviteForm(forms.Form):
     count = forms.IntegerField(min_value=1, max_value=1000, initial=10)
     note = forms.CharField(max_length=200, required=False)
