@@ -1,0 +1,288 @@
+"""Conditional hierarchical VAE: the image mechanism x = f(z, pa, eps) of the deep structural causal model.
+
+VDVAE-style: a bottom-up encoder of residual blocks, and a top-down decoder that starts from a learned 1x1 state,
+walks up the preset's resolutions and, at the latent resolutions, draws z from a prior p(z_i | z_>i) that depends
+only on the latents above it (never on the parents), so the latents are exogenous noise. The parents enter every
+top-down block through a feature-wise affine modulation (FiLM) and an additive embedding, so the decoder can turn
+a lesion on or off from the disease label. The likelihood is a discretised Gaussian per pixel; its standardised
+residual is the pixel-level exogenous noise that counterfactual prediction reuses.
+
+Pixels are in [-1, 1], parents in the data set's units (see generator.causal.parents.encode_parents).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from generator.causal.parents import encode_parents, encoded_width
+from generator.data.graph import CONTINUOUS
+
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 0.0
+BIN_HALF_WIDTH = 1.0 / 255.0
+
+
+@dataclass
+class Abduction:
+    """Exogenous noise of an image: latents per stochastic block and the standardised pixel residual."""
+
+    latents: list
+    pixel_noise: torch.Tensor
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions on a residual path, modulated by the parents when an embedding is given."""
+
+    def __init__(self, width, embedding=0, scale_last=1.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        with torch.no_grad():
+            self.conv2.weight.mul_(scale_last)
+        self.film = nn.Linear(embedding, 2 * width) if embedding else None
+
+    def forward(self, h, pa_embedding=None):
+        r = self.conv1(F.gelu(h))
+        if self.film is not None:
+            scale, shift = self.film(pa_embedding)[:, :, None, None].chunk(2, dim=1)
+            r = r * (1 + scale) + shift
+        return h + self.conv2(F.gelu(r))
+
+
+class StochasticBlock(nn.Module):
+    """Prior and posterior of one latent layer, then a parent-modulated residual block."""
+
+    def __init__(self, width, z_channels, embedding, scale_last):
+        super().__init__()
+        self.z_channels = z_channels
+        self.prior = nn.Conv2d(width, 2 * z_channels + width, 3, padding=1)
+        self.posterior = nn.Conv2d(2 * width, 2 * z_channels, 3, padding=1)
+        self.z_proj = nn.Conv2d(z_channels, width, 1)
+        with torch.no_grad():
+            self.prior.weight[2 * z_channels :].zero_()
+            self.prior.bias.zero_()
+            self.z_proj.weight.mul_(scale_last)
+        self.res = ResBlock(width, embedding, scale_last)
+
+    def forward(self, h, pa_embedding, encoded=None, z=None, sample=True, generator=None, temperature=1.0):
+        prior_stats = self.prior(F.gelu(h))
+        p_mean, p_logstd, features = prior_stats.split([self.z_channels, self.z_channels, h.shape[1]], dim=1)
+        kl = None
+        q_mean = q_logstd = None
+        if encoded is not None:
+            q_mean, q_logstd = self.posterior(F.gelu(torch.cat([h, encoded], dim=1))).chunk(2, dim=1)
+            kl = gaussian_kl(q_mean, q_logstd, p_mean, p_logstd)
+        if z is None:
+            mean, logstd = (q_mean, q_logstd) if encoded is not None else (p_mean, p_logstd)
+            if sample:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                z = mean + torch.exp(logstd) * noise * temperature
+            else:
+                z = mean
+        h = h + features + self.z_proj(z)
+        return self.res(h, pa_embedding), z, kl
+
+
+def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd):
+    return (
+        p_logstd - q_logstd + 0.5 * (torch.exp(2 * q_logstd) + (q_mean - p_mean) ** 2) / torch.exp(2 * p_logstd) - 0.5
+    )
+
+
+def discretised_gaussian_log_likelihood(x, mean, log_sigma):
+    """Log-probability of 8-bit pixel bins in [-1, 1] under a Gaussian; edge bins take the tail mass."""
+    inv_sigma = torch.exp(-log_sigma)
+    upper = (x - mean + BIN_HALF_WIDTH) * inv_sigma
+    lower = (x - mean - BIN_HALF_WIDTH) * inv_sigma
+    log_cdf_upper = torch.special.log_ndtr(upper)
+    log_survival_lower = torch.special.log_ndtr(-lower)
+    mass = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12)
+    middle = torch.log(mass)
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_survival_lower, middle))
+
+
+class ConditionalHVAE(nn.Module):
+    def __init__(self, preset, graph):
+        super().__init__()
+        self.graph = graph
+        self.resolution = preset.resolution
+        self.resolutions = preset.resolutions
+        self.latent_resolutions = set(preset.latent_resolutions)
+        widths = dict(zip(preset.resolutions, preset.widths))
+        blocks = dict(zip(preset.resolutions, preset.blocks))
+        embedding = preset.parent_embedding
+        total_blocks = sum(preset.blocks)
+        scale_last = (1.0 / total_blocks) ** 0.5  # keeps the residual stream's variance flat with depth
+
+        self.parent_net = nn.Sequential(
+            nn.Linear(encoded_width(graph, graph.names), embedding),
+            nn.GELU(),
+            nn.Linear(embedding, embedding),
+        )
+
+        # With no blocks at the image resolution, the stem folds 2x2 pixel patches into channels and the output
+        # unfolds them again: the network then runs at half resolution, where it is four times cheaper.
+        self.patchify = preset.blocks[-1] == 0
+        self.trunk_resolutions = preset.resolutions[:-1] if self.patchify else preset.resolutions
+        top = self.trunk_resolutions[-1]
+        if self.patchify and top * 2 != self.resolution:
+            raise ValueError(
+                f"preset {preset.name!r}: without image-resolution blocks the last two resolutions must differ by 2x"
+            )
+
+        # bottom-up: image resolution first
+        if self.patchify:
+            self.stem = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4, widths[top], 3, padding=1))
+        else:
+            self.stem = nn.Conv2d(1, widths[top], 3, padding=1)
+        self.encoder_blocks = nn.ModuleDict()
+        self.encoder_resize = nn.ModuleDict()
+        for res in reversed(self.trunk_resolutions):
+            self.encoder_blocks[str(res)] = nn.ModuleList(
+                ResBlock(widths[res], scale_last=scale_last) for _ in range(blocks[res])
+            )
+        for higher, lower in zip(reversed(self.trunk_resolutions[1:]), reversed(self.trunk_resolutions[:-1])):
+            self.encoder_resize[str(lower)] = nn.Conv2d(widths[higher], widths[lower], 1)
+
+        # top-down: 1 px first
+        self.top_state = nn.Parameter(torch.zeros(1, widths[1], 1, 1))
+        self.decoder_resize = nn.ModuleDict()
+        self.decoder_parent = nn.ModuleDict()
+        self.decoder_blocks = nn.ModuleDict()
+        for lower, higher in zip(self.trunk_resolutions[:-1], self.trunk_resolutions[1:]):
+            self.decoder_resize[str(higher)] = nn.Conv2d(widths[lower], widths[higher], 1)
+        for res in self.trunk_resolutions:
+            self.decoder_parent[str(res)] = nn.Linear(embedding, widths[res])
+            if res in self.latent_resolutions:
+                layers = [
+                    StochasticBlock(widths[res], preset.z_channels, embedding, scale_last) for _ in range(blocks[res])
+                ]
+            else:
+                layers = [ResBlock(widths[res], embedding, scale_last) for _ in range(blocks[res])]
+            self.decoder_blocks[str(res)] = nn.ModuleList(layers)
+        if self.patchify:
+            self.output = nn.Sequential(nn.Conv2d(widths[top], 8, 3, padding=1), nn.PixelShuffle(2))
+        else:
+            self.output = nn.Conv2d(widths[top], 2, 3, padding=1)
+
+    # --- building blocks -------------------------------------------------------------------------------------------
+
+    def embed_parents(self, pa):
+        return self.parent_net(encode_parents(self.graph, pa, self.graph.names))
+
+    def encode(self, x):
+        """Bottom-up activations at every latent resolution."""
+        h = self.stem(x)
+        activations = {}
+        for res in reversed(self.trunk_resolutions):
+            if h.shape[-1] != res:
+                h = self.encoder_resize[str(res)](F.adaptive_avg_pool2d(h, res))
+            for block in self.encoder_blocks[str(res)]:
+                h = block(h)
+            activations[res] = h
+        return activations
+
+    def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
+        """Run the decoder; returns pixel mean, pixel log-sigma, the latents used and the KL per latent layer."""
+        embedding = self.embed_parents(pa)
+        n = embedding.shape[0]
+        h = self.top_state.expand(n, -1, -1, -1)
+        used, kls = [], []
+        given = iter(latents) if latents is not None else None
+        for res in self.trunk_resolutions:
+            if h.shape[-1] != res:
+                h = self.decoder_resize[str(res)](F.interpolate(h, size=(res, res), mode="nearest"))
+            h = h + self.decoder_parent[str(res)](embedding)[:, :, None, None]
+            for block in self.decoder_blocks[str(res)]:
+                if isinstance(block, StochasticBlock):
+                    encoded = activations[res] if activations is not None and given is None else None
+                    z = next(given) if given is not None else None
+                    h, z, kl = block(h, embedding, encoded, z, sample, generator, temperature)
+                    used.append(z)
+                    if kl is not None:
+                        kls.append(kl)
+                else:
+                    h = block(h, embedding)
+        mean, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
+        return mean, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), used, kls
+
+    # --- training objective ----------------------------------------------------------------------------------------
+
+    def elbo(self, x, pa, generator=None):
+        """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents."""
+        mean, log_sigma, latents, kls = self.top_down(pa, self.encode(x), sample=True, generator=generator)
+        dims = x[0].numel()
+        nll = -discretised_gaussian_log_likelihood(x, mean, log_sigma).flatten(1).sum(1) / dims
+        kl = sum(k.flatten(1).sum(1) for k in kls) / dims
+        # the sampled latents and the residual under them are a posterior draw of the exogenous noise: counterfactual
+        # training reuses them instead of running the encoder a second time
+        abduction = Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
+        return {"free_energy": nll + kl, "nll": nll, "kl": kl, "latents": latents, "abduction": abduction}
+
+    # --- counterfactual inference ----------------------------------------------------------------------------------
+
+    def abduct(self, x, pa, sample=False, generator=None):
+        """Posterior latents (mean, or a sample) and the pixel noise that makes the decoder reproduce x exactly."""
+        mean, log_sigma, latents, _ = self.top_down(pa, self.encode(x), sample=sample, generator=generator)
+        return Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
+
+    def predict(self, abduction, pa):
+        mean, log_sigma, _, _ = self.top_down(pa, latents=abduction.latents)
+        return (mean + torch.exp(log_sigma) * abduction.pixel_noise).clamp(-1.0, 1.0)
+
+    def reconstruct(self, x, pa):
+        """Decoder mean from the posterior-mean latents (no pixel noise): what the latents and parents explain."""
+        mean, _, _, _ = self.top_down(pa, self.encode(x), sample=False)
+        return mean.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, pa, generator=None, temperature=1.0):
+        mean, log_sigma, _, _ = self.top_down(pa, sample=True, generator=generator, temperature=temperature)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device) * temperature
+        return (mean + torch.exp(log_sigma) * noise).clamp(-1.0, 1.0)
+
+
+class LatentAdversary(nn.Module):
+    """Predicts the discrete parents from abducted latents; the encoder is trained to make it fail.
+
+    In a structural causal model the exogenous noise is independent of the parents. If the latents could tell the
+    disease, the decoder would draw the lesion from them and ignore the label, and a counterfactual would not change.
+    """
+
+    def __init__(self, preset, graph, hidden=128, pooled=8):
+        super().__init__()
+        self.graph = graph
+        self.pooled = pooled
+        self.targets = [n.name for n in graph.nodes if n.kind != CONTINUOUS]
+        blocks = dict(zip(preset.resolutions, preset.blocks))
+        features = sum(
+            blocks[r] * preset.z_channels * min(r, pooled) ** 2
+            for r in preset.resolutions
+            if r in preset.latent_resolutions
+        )
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, graph[name].cardinality) for name in self.targets})
+
+    def forward(self, latents):
+        flat = [F.adaptive_avg_pool2d(z, min(z.shape[-1], self.pooled)).flatten(1) for z in latents]
+        h = self.net(torch.cat(flat, dim=1))
+        return {name: head(h) for name, head in self.heads.items()}
+
+    def loss(self, latents, pa):
+        """Cross-entropy of the adversary (what it minimises)."""
+        logits = self(latents)
+        return sum(F.cross_entropy(logits[n], pa[n].long()) for n in self.targets)
+
+    def confusion(self, latents, pa):
+        """What the encoder minimises: cross-entropy of the adversary against the batch's class frequencies, minus
+        its entropy, so it is zero when the latents tell nothing about the parents."""
+        logits = self(latents)
+        total = 0.0
+        for n in self.targets:
+            k = self.graph[n].cardinality
+            marginal = F.one_hot(pa[n].long(), k).float().mean(0)
+            cross = -(F.log_softmax(logits[n], dim=-1) * marginal).sum(-1).mean()
+            entropy = -(marginal * torch.log(marginal.clamp(min=1e-12))).sum()
+            total = total + cross - entropy
+        return total

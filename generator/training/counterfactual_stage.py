@@ -1,0 +1,213 @@
+"""Counterfactual training (Eq. 9 of the paper): make interventions visible to the parent predictors while the
+observational free energy stays at the pretrained model's level.
+
+    L = L_CT + lambda * (F_FE - c),   lambda >= 0 learned by gradient ascent, with damping
+
+- L_CT (Eq. 8): a random parent k per batch gets a value drawn from its marginal (a permutation of the batch's own
+  values, i.e. the empirical marginal); the counterfactual is made with the model's own abduction-action-prediction
+  and the frozen anti-causal predictors score the intervened parent and every descendant that changed with it.
+- c: the free energy of the pretrained model on the validation split (measured, plus a small relative slack).
+- the latent adversary keeps working, so the latents stay independent of the parents during this stage as well.
+- `extra_loss(model, x, pa, cf, do)` is added to the objective (the expert constraint of the proposed model).
+"""
+
+import torch
+
+from generator.causal.counterfactual import Counterfactual
+from generator.causal.hvae import LatentAdversary
+from generator.training.trainer import (
+    EMA,
+    BatchSampler,
+    StageTask,
+    augment,
+    choose_device,
+    clipped_step,
+    run_stage,
+    take,
+)
+
+
+@torch.no_grad()
+def measure_free_energy(hvae, dataset, preset, device, batches=None, seed=0):
+    """Mean negative ELBO (nats per pixel) over the first batches of a data set, with fixed latent noise."""
+    batches = batches or preset.eval_batches
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = hvae.training
+    hvae.eval()
+    total, count = 0.0, 0
+    for b in range(batches):
+        index = torch.arange(b * preset.batch_size, min((b + 1) * preset.batch_size, len(dataset.x)))
+        if len(index) == 0:
+            break
+        x, pa = take(dataset, index, device)
+        total += hvae.elbo(x, pa, generator=generator)["free_energy"].sum().item()
+        count += len(index)
+    hvae.train(was_training)
+    return total / max(count, 1)
+
+
+def random_intervention(pa, targets):
+    """do(pa_k := value drawn from the empirical marginal of pa_k) for one random parent k of `targets`."""
+    name = targets[int(torch.randint(len(targets), ()))]
+    permutation = torch.randperm(pa[name].shape[0])
+    return {name: pa[name][permutation.to(pa[name].device)]}
+
+
+class CounterfactualTask(StageTask):
+    name = "counterfactual"
+
+    def __init__(
+        self,
+        model,
+        predictors,
+        preset,
+        train_set,
+        constraint,
+        seed,
+        device,
+        adversary=None,
+        extra_loss=None,
+        targets=None,
+    ):
+        self.model = model
+        self.hvae = model.hvae
+        self.graph = model.graph
+        self.predictors = predictors.eval()
+        for p in list(predictors.parameters()) + list(model.parent_model.parameters()):
+            p.requires_grad_(False)
+        self.preset = preset
+        self.train_set = train_set
+        self.constraint = float(constraint)
+        self.device = device
+        self.extra_loss = extra_loss
+        self.targets = list(targets or self.graph.names)
+        self.adversary = adversary or LatentAdversary(preset, self.graph).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.hvae.parameters(), lr=preset.cf_lr, betas=preset.betas, weight_decay=preset.weight_decay
+        )
+        self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=preset.adversary_lr)
+        self.ema = EMA(self.hvae, preset.ema_rate)
+        self.sampler = BatchSampler(len(train_set.x), preset.batch_size, seed)
+        self.lagrange = torch.tensor(float(preset.lagrange_init))
+
+    def step(self, step):
+        preset = self.preset
+        x, pa = take(self.train_set, self.sampler.next(), self.device)
+        x = augment(x, preset)
+        out = self.hvae.elbo(x, pa)
+        free_energy = out["free_energy"].mean()
+
+        do = random_intervention(pa, self.targets)
+        pa_cf = self.model.parent_model.counterfactual(pa, do)
+        x_cf = self.hvae.predict(out["abduction"], pa_cf)
+        cf = Counterfactual(x_cf=x_cf, pa_cf=pa_cf, effect=x_cf - x, uncertainty=torch.zeros_like(x_cf))
+        changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
+        counterfactual_loss = -sum(v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values())
+
+        gap = free_energy - self.constraint
+        multiplier = (self.lagrange + preset.lagrange_damping * gap.detach()).clamp(min=0.0)
+        confusion = self.adversary.confusion(out["latents"], pa)
+        effect_size = cf.effect.abs().mean()
+        loss = (
+            counterfactual_loss
+            + multiplier * gap
+            + preset.independence_weight * confusion
+            + preset.effect_penalty * effect_size
+        )
+        extra = torch.zeros(())
+        if self.extra_loss is not None:
+            extra = self.extra_loss(self.model, x, pa, cf, do)
+            loss = loss + extra
+        loss.backward()
+        norm, applied = clipped_step(self.optimizer, self.hvae.parameters(), preset, step, preset.cf_lr)
+
+        self.adversary.zero_grad(set_to_none=True)
+        adversary_loss = self.adversary.loss([z.detach() for z in out["latents"]], pa)
+        adversary_loss.backward()
+        self.adversary_optimizer.step()
+        self.adversary_optimizer.zero_grad(set_to_none=True)
+
+        self.lagrange = (self.lagrange + preset.lagrange_lr * gap.detach().cpu()).clamp(min=0.0)
+        if applied:
+            self.ema.update(self.hvae)
+        return {
+            "loss": loss.item(),
+            "free_energy": free_energy.item(),
+            "counterfactual_loss": counterfactual_loss.item(),
+            "lagrange": float(self.lagrange),
+            "extra": float(extra.detach()),
+            "confusion": confusion.item(),
+            "effect": effect_size.item(),
+            "grad_norm": norm,
+        }
+
+    def state_dict(self):
+        return {
+            "hvae": self.hvae.state_dict(),
+            "hvae_ema": self.ema.module.state_dict(),
+            "adversary": self.adversary.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "adversary_optimizer": self.adversary_optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "lagrange": self.lagrange,
+            "constraint": self.constraint,
+        }
+
+    def load_state_dict(self, state):
+        self.hvae.load_state_dict(state["hvae"])
+        self.ema.module.load_state_dict(state["hvae_ema"])
+        self.adversary.load_state_dict(state["adversary"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.lagrange = state["lagrange"]
+        self.constraint = state["constraint"]
+
+
+def finetune_counterfactual(
+    model,
+    data,
+    steps,
+    predictors,
+    extra_loss=None,
+    progress=None,
+    constraint=None,
+    preset=None,
+    seed=0,
+    time_budget=None,
+    adversary=None,
+    targets=None,
+):
+    """Counterfactual training of an existing model on a (possibly augmented) training set, in memory.
+
+    `data` is a splits dict (uses "train", and "valid" to measure the constraint) or a single data set. The model's
+    HVAE ends up holding the EMA weights of the fine-tuning. Returns the final metrics and the loss history.
+    """
+    preset = preset or model.preset
+    device = device_of(model)
+    train_set = data["train"] if isinstance(data, dict) else data
+    reference = data.get("valid", train_set) if isinstance(data, dict) else train_set
+    if constraint is None:
+        constraint = measure_free_energy(model.hvae, reference, preset, device) * (1 + preset.constraint_slack)
+    predictors = predictors.to(device)
+    task = CounterfactualTask(
+        model, predictors, preset, train_set, constraint, seed, device, adversary, extra_loss, targets
+    )
+    metrics, history, done = run_stage(task, steps, progress=progress, time_budget=time_budget)
+    model.hvae.load_state_dict(task.ema.module.state_dict())
+    for p in model.hvae.parameters():
+        p.requires_grad_(True)
+    return {
+        "steps": done,
+        "constraint": constraint,
+        "lagrange": float(task.lagrange),
+        "history": history,
+        "valid_free_energy": measure_free_energy(model.hvae, reference, preset, device),
+        **metrics,
+    }
+
+
+def device_of(module):
+    for p in module.parameters():
+        return p.device
+    return choose_device()

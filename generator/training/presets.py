@@ -1,0 +1,180 @@
+"""Hyperparameters of the generator, one dataclass per named preset.
+
+Every training run stores its preset in each checkpoint, so any counterfactual traces back to the exact settings.
+
+The network runs at the resolutions in `resolutions` (top-down order, 1 px first, the image resolution last).
+Stochastic latents live only at `latent_resolutions`; every other resolution has deterministic blocks. Keeping the
+latents coarse on the small presets is deliberate: fine latents can carry a lesion themselves, and then the decoder
+learns to ignore the disease label (the counterfactual would not change).
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class Preset:
+    name: str
+    resolution: int
+    resolutions: tuple  # top-down, from 1 px to `resolution`
+    widths: tuple  # feature channels at each entry of `resolutions`
+    blocks: tuple  # residual blocks at each entry of `resolutions`
+    latent_resolutions: tuple  # subset of `resolutions` that carries stochastic latents
+    z_channels: int = 16
+    parent_embedding: int = 32
+    # optimisation of the image model
+    lr: float = 5e-5
+    betas: tuple = (0.9, 0.9)
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    grad_clip: float = 350.0
+    skip_threshold: float = 500.0
+    ema_rate: float = 0.999
+    batch_size: int = 32
+    # augmentation of real images
+    pad: int = 9
+    random_crop: bool = True
+    hflip: bool = True
+    # latent independence: an adversary reads the abducted latents; the encoder is penalised when it can predict the
+    # discrete parents from them (exogenous noise must be independent of the parents)
+    independence_weight: float = 1.0
+    adversary_lr: float = 1e-3
+    # parent model and predictors
+    parents_lr: float = 1e-2
+    parents_batch_size: int = 256
+    predictor_width: int = 16
+    predictor_lr: float = 1e-3
+    # counterfactual stage (Eq. 9)
+    cf_lr: float = 5e-5
+    lagrange_lr: float = 0.1
+    lagrange_init: float = 1.0
+    lagrange_damping: float = 10.0
+    constraint_slack: float = 0.01  # relative tolerance on the measured validation free energy
+    # minimal-change penalty on |x_cf - x| in counterfactual training (0 = the paper's objective): the cheapest way
+    # to convince the predictors then is to change the lesion itself, not to paint a pattern over the whole image
+    effect_penalty: float = 0.0
+    # default steps per stage and share of a wall-clock budget
+    steps: dict = field(
+        default_factory=lambda: {"parents": 500, "predictors": 500, "hvae": 2000, "counterfactual": 500}
+    )
+    budget_shares: dict = field(
+        default_factory=lambda: {"parents": 0.03, "predictors": 0.12, "hvae": 0.6, "counterfactual": 0.25}
+    )
+    checkpoint_every: int = 200
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        self.resolutions = tuple(self.resolutions)
+        self.widths = tuple(self.widths)
+        self.blocks = tuple(self.blocks)
+        self.latent_resolutions = tuple(self.latent_resolutions)
+        self.betas = tuple(self.betas)
+        if not (len(self.resolutions) == len(self.widths) == len(self.blocks)):
+            raise ValueError(f"preset {self.name!r}: resolutions, widths and blocks must have the same length")
+        if self.resolutions[0] != 1 or self.resolutions[-1] != self.resolution:
+            raise ValueError(f"preset {self.name!r}: resolutions must run from 1 to {self.resolution}")
+        if list(self.resolutions) != sorted(set(self.resolutions)):
+            raise ValueError(f"preset {self.name!r}: resolutions must be strictly increasing")
+        missing = set(self.latent_resolutions) - set(self.resolutions)
+        if missing:
+            raise ValueError(f"preset {self.name!r}: latent resolutions {sorted(missing)} are not network resolutions")
+
+    def to_dict(self):
+        data = asdict(self)
+        for key in ("resolutions", "widths", "blocks", "latent_resolutions", "betas"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+PRESETS = {
+    # Tiny: one optimisation step in well under a second on a CPU; used by the tests.
+    "test-32": Preset(
+        name="test-32",
+        resolution=32,
+        resolutions=(1, 4, 8, 16, 32),
+        widths=(16, 16, 16, 8, 8),
+        blocks=(1, 1, 1, 1, 1),
+        latent_resolutions=(1, 4),
+        z_channels=4,
+        parent_embedding=8,
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_steps=5,
+        grad_clip=200.0,
+        skip_threshold=1e6,
+        ema_rate=0.9,
+        batch_size=8,
+        pad=2,
+        predictor_width=8,
+        cf_lr=1e-3,
+        steps={"parents": 20, "predictors": 10, "hvae": 10, "counterfactual": 5},
+        checkpoint_every=5,
+        eval_batches=1,
+    ),
+    # The demo: trains on two CPU cores within about fifteen minutes. Latents only at 1, 4 and 8 px; the 16-64 px
+    # path is deterministic and driven by the parents, which therefore have to draw the lesion. No blocks at 64 px:
+    # the network folds 2x2 pixel patches into channels and runs at 32 px.
+    "cpu-64": Preset(
+        name="cpu-64",
+        resolution=64,
+        resolutions=(1, 4, 8, 16, 32, 64),
+        widths=(64, 64, 32, 32, 16, 16),
+        blocks=(1, 2, 2, 1, 1, 0),
+        latent_resolutions=(1, 4, 8),
+        z_channels=8,
+        parent_embedding=32,
+        lr=2e-3,
+        weight_decay=0.01,
+        warmup_steps=50,
+        grad_clip=200.0,
+        skip_threshold=3000.0,
+        ema_rate=0.99,
+        batch_size=16,
+        pad=3,
+        predictor_width=16,
+        predictor_lr=2e-3,
+        cf_lr=2e-4,
+        effect_penalty=10.0,
+        steps={"parents": 300, "predictors": 800, "hvae": 4000, "counterfactual": 1500},
+        budget_shares={"parents": 0.02, "predictors": 0.13, "hvae": 0.45, "counterfactual": 0.4},
+        checkpoint_every=100,
+        eval_batches=4,
+    ),
+    # Appendix B of the paper: latents at 1..96 px, a final deterministic 192 px block, AdamW, EMA 0.999.
+    "paper-192": Preset(
+        name="paper-192",
+        resolution=192,
+        resolutions=(1, 6, 12, 24, 48, 96, 192),
+        widths=(512, 192, 160, 128, 96, 64, 32),
+        blocks=(2, 4, 8, 12, 8, 4, 1),
+        latent_resolutions=(1, 6, 12, 24, 48, 96),
+        z_channels=16,
+        parent_embedding=64,
+        lr=5e-5,
+        betas=(0.9, 0.9),
+        weight_decay=0.1,
+        warmup_steps=100,
+        grad_clip=350.0,
+        skip_threshold=500.0,
+        ema_rate=0.999,
+        batch_size=32,
+        pad=9,
+        predictor_width=32,
+        cf_lr=1e-5,
+        steps={"parents": 5000, "predictors": 20000, "hvae": 375000, "counterfactual": 20000},
+        checkpoint_every=2000,
+        eval_batches=32,
+    ),
+}
+
+
+def get_preset(name):
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return Preset.from_dict(preset.to_dict())
