@@ -63,6 +63,13 @@ def read_nih_table(csv_path):
     missing = [c for c in (*REQUIRED_COLUMNS, "Patient Gender") if c not in table.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}")
+    # A truncated file ends in a short row; its empty cells would otherwise pass as "another view" and be dropped.
+    required = [*REQUIRED_COLUMNS, "Patient Gender"]
+    incomplete = table[required].isna().any(axis=1).to_numpy()
+    if incomplete.any():
+        row = int(incomplete.argmax())
+        empty = [c for c in required if pd.isna(table[c].iloc[row])]
+        raise DataError(f"{csv_path}, row {row + 2}: no value for {empty} (truncated or malformed file?)")
     if table["Image Index"].duplicated().any():
         duplicate = table.loc[table["Image Index"].duplicated(), "Image Index"].iloc[0]
         raise DataError(f"{csv_path}: image {duplicate!r} is listed twice")

@@ -44,6 +44,9 @@ class Mode:
         self.proposed_budget = 0.30 * budget
         self.steps = {"parents": 40, "predictors": 40, "hvae": 60, "counterfactual": 30} if quick else None
         self.eval_images = 32 if quick else 128
+        # The evaluation's own expert and predictors are trained once per data set (independent of both runs).
+        self.eval_expert_steps = 40 if quick else 200
+        self.eval_predictor_epochs = 2 if quick else 8
         self.participants = 30
         self.suffix = "-quick" if quick else ""
 
@@ -202,31 +205,41 @@ class Command(BaseCommand):
     def evaluate(self, baseline, proposed, mode, folder):
         from generator import services
 
-        if (folder / "generator_evaluation.md").exists():
+        table = folder / "comparison.md"
+        if table.exists():
             self.stdout.write(f"  reusing {folder}")
             return folder
+        from tqdm import tqdm
+
         for run in (baseline, proposed):
             checkpoint = "all" if run.variant == "expert-al" else None
-            services.evaluate_run(
-                run,
-                checkpoint,
-                n=mode.eval_images,
-                seed=0,
-                figures_dir=folder / "figures" / run.name,
-                n_boot=200,
-            )
+            with tqdm(total=100, desc=f"evaluate {run.name}", unit="%") as bar:
+
+                def progress(fraction, message, bar=bar):
+                    bar.n = round(100 * fraction)
+                    bar.set_postfix_str(str(message)[:60], refresh=True)
+
+                services.evaluate_run(
+                    run,
+                    checkpoint,
+                    n=mode.eval_images,
+                    seed=0,
+                    figures_dir=folder / "figures" / run.name,
+                    n_boot=200,
+                    expert_steps=mode.eval_expert_steps,
+                    predictor_epochs=mode.eval_predictor_epochs,
+                    progress=progress,
+                )
             run.refresh_from_db()
         services.compare_runs([baseline, proposed], folder)
-        table = folder / "generator_evaluation.md"
-        if table.exists():
-            self.stdout.write(table.read_text())
+        self.stdout.write(table.read_text())
         return folder
 
     def build_study(self, dataset, baseline, proposed, mode):
         """12 Block-1 patients (real + both models' counterfactuals of one condition) and 12 diseased Block-2 cases
         (real + each model's "if healthy" counterfactual), from held-out real images of the NIH sample."""
         from generator import services as generator_services
-        from studyplatform import services
+        from studyplatform import default_texts, services
         from studyplatform.models import Study
 
         study = Study.objects.filter(slug=STUDY_SLUG).first()
@@ -241,6 +254,10 @@ class Command(BaseCommand):
                 Study(
                     title="Counterfactual chest X-ray reader study (demo)",
                     slug=STUDY_SLUG,
+                    consent_text=default_texts.CONSENT,
+                    instructions_block1=default_texts.INSTRUCTIONS_BLOCK1,
+                    instructions_block2=default_texts.INSTRUCTIONS_BLOCK2,
+                    debrief_text=default_texts.DEBRIEF,
                     working_size=mode.resolution,
                     completion_code="DEMO" + secrets.token_hex(3).upper(),
                 )
