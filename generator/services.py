@@ -243,6 +243,12 @@ def _finish_failed(run, out_dir, exc):
     )
 
 
+def fail_runs_of_jobs(job_ids):
+    """Mark the running training runs of these (lost) jobs failed, keeping only completely written checkpoints."""
+    for run in TrainingRun.objects.filter(job_id__in=job_ids, status=TrainingRun.Status.RUNNING):
+        _finish_failed(run, run_directory(run), RuntimeError("the worker running this training was lost"))
+
+
 def start_training_job(run, resume=False):
     """Queue the training of `run` as a background Job and link the job to the run."""
     import generator.tasks  # noqa: F401  (registers the job kinds)

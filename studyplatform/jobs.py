@@ -15,6 +15,7 @@ from celery import shared_task
 from celery.signals import task_failure
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from studyplatform.models import Job
@@ -22,6 +23,10 @@ from studyplatform.models import Job
 logger = logging.getLogger(__name__)
 LOG_TAIL_LINES = 200
 _REGISTRY = {}
+
+# Sent with `job_ids` when jobs are failed from outside their task (worker lost), so the owners of the work a job
+# was doing (a training run, say) can record the failure too; the task itself never got to.
+worker_lost = Signal()
 
 
 class JobCancelled(Exception):
@@ -189,17 +194,19 @@ def reap_stale_jobs(stale_after=None):
     stale_after = settings.JOB_STALE_AFTER if stale_after is None else stale_after
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff)
-    reaped = 0
+    reaped = []
     for job in stale:
-        reaped += Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).update(
+        if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).update(
             status=Job.Status.FAILED,
             finished_at=timezone.now(),
             message=f"worker lost: no heartbeat for more than {stale_after:.0f} s (worker {job.worker})",
             error="The process running this job stopped without reporting (killed, out of memory or host lost).",
-        )
+        ):
+            reaped.append(job.pk)
     if reaped:
-        logger.warning("reaped %d stale job(s)", reaped)
-    return reaped
+        logger.warning("reaped %d stale job(s): %s", len(reaped), ", ".join(map(str, reaped)))
+        worker_lost.send(sender=Job, job_ids=reaped)
+    return len(reaped)
 
 
 @task_failure.connect
@@ -207,12 +214,13 @@ def fail_job_on_worker_lost(sender=None, args=None, exception=None, **_):
     """Celery reports a child process that died (WorkerLostError) in the parent: fail the job right away."""
     if not sender or not str(getattr(sender, "name", "")).startswith("jobs.") or not args:
         return
-    Job.objects.filter(pk=args[0]).exclude(status__in=Job.FINISHED).update(
+    if Job.objects.filter(pk=args[0]).exclude(status__in=Job.FINISHED).update(
         status=Job.Status.FAILED,
         finished_at=timezone.now(),
         message=f"worker lost: {type(exception).__name__}: {exception}"[:500],
         error=str(exception),
-    )
+    ):
+        worker_lost.send(sender=Job, job_ids=[args[0]])
 
 
 @job_task("selftest")

@@ -44,6 +44,8 @@ def test_killed_training_worker_fails_the_job_and_the_run_resumes_from_its_check
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "worker lost" in job.message and job.finished_at is not None
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "worker" in run.error
     # Only stages whose checkpoint was completely written are marked done; the HVAE stage is not.
     assert set(read_manifest(services.run_directory(run))["stages"]) == {"parents", "predictors"}
 
