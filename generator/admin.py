@@ -63,5 +63,6 @@ class DatasetAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+
 # Training runs have their own module (list, detail, start form); importing it registers them.
 from generator import admin_runs  # noqa: E402,F401

@@ -14,6 +14,7 @@ def fail_runs_of_lost_jobs(sender, job_ids, **_):
     """A training job whose worker died leaves its run `failed` too (resumable from its last checkpoint)."""
     services.fail_runs_of_jobs(job_ids)
 
+
 # A training step can take milliseconds: the job row (and the cancel flag) is visited at most this often per stage.
 PROGRESS_INTERVAL_SECONDS = 1.0
 

@@ -240,7 +240,14 @@ class StudyAdmin(admin.ModelAdmin):
             "condition; the images replace any earlier ones of the same model."
         )
         return self._action_form(
-            request, queryset, study, form, "generate_stimuli", "Generate counterfactual stimuli", "Queue job", help_text
+            request,
+            queryset,
+            study,
+            form,
+            "generate_stimuli",
+            "Generate counterfactual stimuli",
+            "Queue job",
+            help_text,
         )
 
     def _action_form(self, request, queryset, study, form, action, title, submit, help_text=""):

@@ -214,11 +214,15 @@ def fail_job_on_worker_lost(sender=None, args=None, exception=None, **_):
     """Celery reports a child process that died (WorkerLostError) in the parent: fail the job right away."""
     if not sender or not str(getattr(sender, "name", "")).startswith("jobs.") or not args:
         return
-    if Job.objects.filter(pk=args[0]).exclude(status__in=Job.FINISHED).update(
-        status=Job.Status.FAILED,
-        finished_at=timezone.now(),
-        message=f"worker lost: {type(exception).__name__}: {exception}"[:500],
-        error=str(exception),
+    if (
+        Job.objects.filter(pk=args[0])
+        .exclude(status__in=Job.FINISHED)
+        .update(
+            status=Job.Status.FAILED,
+            finished_at=timezone.now(),
+            message=f"worker lost: {type(exception).__name__}: {exception}"[:500],
+            error=str(exception),
+        )
     ):
         worker_lost.send(sender=Job, job_ids=[args[0]])
 
