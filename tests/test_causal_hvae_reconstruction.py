@@ -53,3 +53,21 @@ def test_discretised_gaussian_gives_probabilities_that_sum_to_one_over_the_bins(
     for mean, log_sigma in ((0.3, -2.0), (-0.95, -3.0), (0.99, -1.0)):
         log_p = discretised_gaussian_log_likelihood(bins, torch.tensor(mean), torch.tensor(log_sigma))
         assert torch.isclose(log_p.exp().sum(), torch.tensor(1.0), atol=1e-3)
+
+
+def test_free_energy_is_measured_on_a_validation_set_smaller_than_the_evaluation_batches():
+    from generator.training.counterfactual_stage import measure_free_energy
+
+    x, pa = trivial_set(n=5)
+    preset = get_preset("test-32")
+    hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
+
+    class Tiny:
+        pass
+
+    dataset = Tiny()
+    dataset.x, dataset.pa = x, pa
+    value = measure_free_energy(hvae, dataset, preset, torch.device("cpu"), batches=4)
+
+    expected = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))["free_energy"].mean().item()
+    assert abs(value - expected) < 1e-4

@@ -36,9 +36,10 @@ def measure_free_energy(hvae, dataset, preset, device, batches=None, seed=0):
     hvae.eval()
     total, count = 0.0, 0
     for b in range(batches):
-        index = torch.arange(b * preset.batch_size, min((b + 1) * preset.batch_size, len(dataset.x)))
-        if len(index) == 0:
+        start = b * preset.batch_size
+        if start >= len(dataset.x):  # a validation set smaller than `batches` batches
             break
+        index = torch.arange(start, min(start + preset.batch_size, len(dataset.x)))
         x, pa = take(dataset, index, device)
         total += hvae.elbo(x, pa, generator=generator)["free_energy"].sum().item()
         count += len(index)
