@@ -54,12 +54,12 @@ def test_quick_demo_runs_the_whole_chain_then_serves_the_study(tmp_path):
     assert (out / "analysis" / "report.html").stat().st_size > 10_000
 
     db = sqlite3.connect(var_dir / "db.sqlite3")
-    (status,) = db.execute("SELECT status FROM studyplatform_study WHERE slug = 'demo'").fetchone()
+    (status,) = db.execute("SELECT status FROM studyplatform_study WHERE slug = 'demo-quick'").fetchone()
     assert status == "open"
     sources = dict(
         db.execute(
             "SELECT s.source, COUNT(*) FROM studyplatform_stimulus s JOIN studyplatform_case c ON s.case_id = c.id "
-            "JOIN studyplatform_study st ON c.study_id = st.id WHERE st.slug = 'demo' GROUP BY s.source"
+            "JOIN studyplatform_study st ON c.study_id = st.id WHERE st.slug = 'demo-quick' GROUP BY s.source"
         ).fetchall()
     )
     assert sources == {"real": 24, "baseline": 24, "proposed": 24}

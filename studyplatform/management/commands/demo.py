@@ -27,7 +27,6 @@ from django.db import transaction
 
 DEMO_DIR = settings.VAR_DIR / "demo"
 NIH_SAMPLE = settings.BASE_DIR / "fixtures" / "nih-cxr-sample"
-STUDY_SLUG = "demo"
 CONDITIONS = ("healthy", "effusion", "pneumonia")
 
 
@@ -49,6 +48,7 @@ class Mode:
         self.eval_predictor_epochs = 2 if quick else 8
         self.participants = 30
         self.suffix = "-quick" if quick else ""
+        self.study_slug = f"demo{self.suffix}"
 
 
 class Command(BaseCommand):
@@ -242,7 +242,7 @@ class Command(BaseCommand):
         from studyplatform import default_texts, services
         from studyplatform.models import Study
 
-        study = Study.objects.filter(slug=STUDY_SLUG).first()
+        study = Study.objects.filter(slug=mode.study_slug).first()
         if study is not None and study.status == Study.Status.OPEN:
             self.stdout.write(f"  reusing the open study {study.slug!r}")
             return study
@@ -252,8 +252,8 @@ class Command(BaseCommand):
         with transaction.atomic():
             study = services.save_study(
                 Study(
-                    title="Counterfactual chest X-ray reader study (demo)",
-                    slug=STUDY_SLUG,
+                    title=f"Counterfactual chest X-ray reader study (demo{', quick' if mode.quick else ''})",
+                    slug=mode.study_slug,
                     consent_text=default_texts.CONSENT,
                     instructions_block1=default_texts.INSTRUCTIONS_BLOCK1,
                     instructions_block2=default_texts.INSTRUCTIONS_BLOCK2,
