@@ -13,41 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats import CONDITIONS, MODELS, SOURCES
+from analysis.stats import ANSWER_COLUMNS, CONDITIONS, MODELS, PARTICIPANT_COLUMNS, SOURCES
 
-ANSWER_COLUMNS = (
-    "participant",
-    "external_id",
-    "block",
-    "trial_index",
-    "case",
-    "image_source",
-    "true_condition",
-    "phase",
-    "cf_model",
-    "diagnosis",
-    "correct",
-    "realness",
-    "slider_start",
-    "reasons",
-    "n_reasons",
-    "confidence",
-    "rt_ms",
-    "answered_at",
-)
-PARTICIPANT_COLUMNS = (
-    "participant",
-    "external_id",
-    "status",
-    "seed",
-    "order",
-    "started_at",
-    "completed_at",
-    "duration_s",
-    "excluded",
-    "exclusion_reason",
-    "cf_assignment",
-)
 STATUSES = ("started", "in_block1", "in_block2", "completed", "timed_out", "withdrawn", "excluded")
 NUMERIC_RANGES = {
     "realness": (1, 100),

@@ -18,32 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.stats import ANSWER_COLUMNS
+
 SOURCES = ("real", "baseline", "proposed")
 MODELS = ("baseline", "proposed")
 CONDITIONS = ("healthy", "effusion", "pneumonia")
 N_REASONS = 7
 CONFIDENCE_SCALE = (1, 6)
 REALNESS_SCALE = (1, 100)
-EXPORT_COLUMNS = (
-    "participant",
-    "external_id",
-    "block",
-    "trial_index",
-    "case",
-    "image_source",
-    "true_condition",
-    "phase",
-    "cf_model",
-    "diagnosis",
-    "correct",
-    "realness",
-    "slider_start",
-    "reasons",
-    "n_reasons",
-    "confidence",
-    "rt_ms",
-    "answered_at",
-)
 
 
 @dataclass(frozen=True)
@@ -251,7 +233,7 @@ def simulate_answers(profile, n_participants, seed=0, n_block1=12, n_block2=12):
             for phase, answer in (("pre", first), ("post", final)):
                 clock += pd.Timedelta(seconds=5)
                 records.append(_row(participant, 2, index, case, "real", truth, phase, model, answer, clock))
-    return pd.DataFrame.from_records(records, columns=list(EXPORT_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=list(ANSWER_COLUMNS))
 
 
 def _row(participant, block, index, case, source, truth, phase, model, answer, clock):

@@ -22,6 +22,40 @@ from scipy import stats as sps
 SOURCES = ("real", "baseline", "proposed")
 MODELS = ("baseline", "proposed")
 CONDITIONS = ("healthy", "effusion", "pneumonia")
+# The tidy tables the study export writes and the analysis reads: one declaration for both sides.
+ANSWER_COLUMNS = (
+    "participant",
+    "external_id",
+    "block",
+    "trial_index",
+    "case",
+    "image_source",
+    "true_condition",
+    "phase",
+    "cf_model",
+    "diagnosis",
+    "correct",
+    "realness",
+    "slider_start",
+    "reasons",
+    "n_reasons",
+    "confidence",
+    "rt_ms",
+    "answered_at",
+)
+PARTICIPANT_COLUMNS = (
+    "participant",
+    "external_id",
+    "status",
+    "seed",
+    "order",
+    "started_at",
+    "completed_at",
+    "duration_s",
+    "excluded",
+    "exclusion_reason",
+    "cf_assignment",
+)
 BLOCK2_CONDITIONS = ("effusion", "pneumonia")
 DECISIONS = ("first", "final")
 CONFIDENCE_SCALE = (1, 6)

@@ -11,41 +11,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from analysis.stats import ANSWER_COLUMNS, PARTICIPANT_COLUMNS
 from studyplatform.models import Participant, Response
 
-ANSWER_COLUMNS = [
-    "participant",
-    "external_id",
-    "block",
-    "trial_index",
-    "case",
-    "image_source",
-    "true_condition",
-    "phase",
-    "cf_model",
-    "diagnosis",
-    "correct",
-    "realness",
-    "slider_start",
-    "reasons",
-    "n_reasons",
-    "confidence",
-    "rt_ms",
-    "answered_at",
-]
-PARTICIPANT_COLUMNS = [
-    "participant",
-    "external_id",
-    "status",
-    "seed",
-    "order",
-    "started_at",
-    "completed_at",
-    "duration_s",
-    "excluded",
-    "exclusion_reason",
-    "cf_assignment",
-]
 FORMULA_PREFIXES = ("=", "+", "-", "@")
 
 
