@@ -3,6 +3,7 @@ in the middle of Block 1. Screenshots of every page type at desktop and phone wi
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -58,21 +59,50 @@ class Browser:
 
     def click_and_wait(self, element):
         """Click something that loads the next page, and wait until the old page is gone."""
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         old_page = self.driver.find_element(By.TAG_NAME, "html")
         element.click()
-        WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(old_page))
+        wait = WebDriverWait(self.driver, 30)
+        try:
+            WebDriverWait(self.driver, 10).until(lambda driver: page_is_gone(old_page))
+        except TimeoutException:
+            # Under heavy load a click can land before the page's script is ready; a participant clicks again
+            # (submissions are idempotent, so a second click never stores a second answer).
+            element.click()
+            wait.until(lambda driver: page_is_gone(old_page))
+        # The new document must be fully parsed before its nodes are read (a busy machine renders slowly).
+        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
 
     def page_kind(self):
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.common.by import By
 
-        forms = self.driver.find_elements(By.ID, "trial-form")
-        if forms:
-            return forms[0].get_attribute("data-phase")
-        return self.driver.find_element(By.TAG_NAME, "h1").text
+        # A script on the page may still replace nodes right after load; read again if a node went stale.
+        for attempt in range(5):
+            try:
+                forms = self.driver.find_elements(By.ID, "trial-form")
+                if forms:
+                    return forms[0].get_attribute("data-phase")
+                return self.driver.find_element(By.TAG_NAME, "h1").text
+            except (StaleElementReferenceException, WebDriverException):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+
+def page_is_gone(old_page):
+    """True once the element of the previous document is detached. Chromium sometimes reports a node of a document
+    being replaced with a generic inspector error instead of a stale reference; both mean the page has changed."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        old_page.is_enabled()
+    except (StaleElementReferenceException, WebDriverException):
+        return True
+    return False
 
 
 def answer_current_trial(browser, number):
