@@ -24,6 +24,17 @@ class DataError(ValueError):
     """Bad input data: the message names the file (and row) at fault."""
 
 
+def parents_from_frame(frame, graph):
+    """The parents of every row of a loader's table as tensors: categorical nodes as int64 indices, the others
+    (continuous, binary) as float32, in the graph's order."""
+    return {
+        node.name: torch.tensor(
+            frame[node.name].to_numpy(), dtype=torch.int64 if node.kind == CATEGORICAL else torch.float32
+        )
+        for node in graph.nodes
+    }
+
+
 class CXRDataset(Dataset):
     """Images and their parents, in memory.
 

@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .datasets import COFINDING_RULES, CXRDataset, DataError, disease_from_findings, split_dataset
+from .datasets import (
+    COFINDING_RULES,
+    CXRDataset,
+    DataError,
+    disease_from_findings,
+    parents_from_frame,
+    split_dataset,
+)
 from .graph import MIMIC_GRAPH
 from .transforms import load_image
 
@@ -67,13 +74,7 @@ def load_mimic_splits(
         images[i] = load_image(path, resolution)
         if progress:
             progress(i + 1, len(frame))
-    pa = {
-        "age": torch.tensor(frame["age"].to_numpy(), dtype=torch.float32),
-        "sex": torch.tensor(frame["sex"].to_numpy(), dtype=torch.float32),
-        "race": torch.tensor(frame["race"].to_numpy(), dtype=torch.int64),
-        "wcc": torch.tensor(frame["wcc"].to_numpy(), dtype=torch.float32),
-        "disease": torch.tensor(frame["disease"].to_numpy(), dtype=torch.int64),
-    }
+    pa = parents_from_frame(frame, MIMIC_GRAPH)
     info = {
         "source": "mimic",
         "views": list(views),

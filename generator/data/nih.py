@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .datasets import COFINDING_RULES, CXRDataset, DataError, disease_from_findings, split_dataset
+from .datasets import (
+    COFINDING_RULES,
+    CXRDataset,
+    DataError,
+    disease_from_findings,
+    parents_from_frame,
+    split_dataset,
+)
 from .graph import CHESTXRAY8_GRAPH
 from .transforms import load_image
 
@@ -141,11 +148,7 @@ def load_nih_splits(
         images[i] = load_image(locate(name), resolution)
         if progress:
             progress(i + 1, len(frame))
-    pa = {
-        "age": torch.tensor(frame["age"].to_numpy(), dtype=torch.float32),
-        "sex": torch.tensor(frame["sex"].to_numpy(), dtype=torch.float32),
-        "disease": torch.tensor(frame["disease"].to_numpy(), dtype=torch.int64),
-    }
+    pa = parents_from_frame(frame, CHESTXRAY8_GRAPH)
     info = {
         "source": "nih",
         "csv": str(csv_path),
