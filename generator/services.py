@@ -691,6 +691,7 @@ def evaluate_run(
     run.refresh_from_db()
     if figures_dir and run.variant == TrainingRun.Variant.EXPERT_AL:
         write_effectiveness_curve(run, Path(figures_dir))
+        write_forgetting_histograms(run, Path(figures_dir))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2))
@@ -725,6 +726,21 @@ def write_effectiveness_curve(run, folder):
         return None
     points.sort(key=lambda point: point[0])
     return plot_effectiveness_curve([p[0] for p in points], [p[1] for p in points], str(folder / "effectiveness.png"))
+
+
+def write_forgetting_histograms(run, folder):
+    """Fig. 4a for an active-learning run: forgetting-count distribution of the training set, before the first
+    round and after each (from the run's active_learning.json); None when the run has no such record."""
+    from generator.evaluation.figures import plot_forgetting_histograms
+    from generator.training.proposed import read_summary, training_set_histograms
+
+    record = read_summary(run_directory(run))
+    if not record or not record.get("rounds"):
+        return None
+    curves = training_set_histograms(record)
+    labels = ["real data" if share == 0 else f"+{round(100 * share)}%" for share, _ in curves]
+    histograms = [histogram for _, histogram in curves]
+    return plot_forgetting_histograms(histograms, str(folder / "forgetting_histograms.png"), labels=labels)
 
 
 def model_label(run, checkpoint):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from generator.data.datasets import make_phantom_splits
+from generator.evaluation.figures import plot_forgetting_histograms
 from generator.training import pipeline, proposed
 from generator.training.pipeline import RunConfig
 from generator.training.proposed import ActiveLearningSettings, run_proposed
@@ -73,7 +74,12 @@ def test_expert_al_run_writes_one_loadable_checkpoint_per_round_and_resumes(spli
         assert state["added"]["ids"] == report["rounds"][k - 1]["selected_ids"]
     manifest = json.loads((tmp_path / "run.json").read_text())
     assert {"round-1", "round-2"} <= set(manifest["stages"])
-    assert json.loads((tmp_path / "active_learning.json").read_text())["histogram_final"]["n"] == n_real + 2 * n_add
+    record = proposed.read_summary(tmp_path)
+    assert record["histogram_final"]["n"] == n_real + 2 * n_add
+    curves = proposed.training_set_histograms(record)
+    assert [h["n"] for _, h in curves] == [n_real, n_real + n_add, n_real + 2 * n_add]
+    plot_forgetting_histograms([h for _, h in curves], tmp_path / "fig4a.png")
+    assert (tmp_path / "fig4a.png").is_file()
 
     json.dumps(summary)  # the run's summary is stored as JSON by the training service
 

@@ -49,6 +49,7 @@ def test_quick_demo_runs_the_whole_chain_then_serves_the_study(tmp_path):
 
     out = var_dir / "demo" / "quick"
     assert "Baseline" in (out / "evaluation" / "comparison.md").read_text()
+    assert (out / "evaluation" / "figures" / "demo-expert-al-quick" / "forgetting_histograms.png").is_file()
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     assert analysis["n_participants"] == 30
     assert (out / "analysis" / "report.html").stat().st_size > 10_000

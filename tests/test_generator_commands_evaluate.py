@@ -12,6 +12,7 @@ from generator.data.datasets import load_splits
 from generator.models import TrainingRun
 from studyplatform import jobs
 from studyplatform.models import Job
+from tests.test_evaluation_figures import al_record
 
 pytest_plugins = ["tests.generator_fixtures"]
 pytestmark = [pytest.mark.django_db, pytest.mark.ml]
@@ -48,6 +49,7 @@ def test_evaluation_stores_metrics_and_writes_reports(finished_run, judges, arti
     assert 0 <= accuracy["mean"] <= 1 and accuracy["n"] == 6
     assert json.loads(json_path.read_text()) == {"counterfactual": results}
     assert len(list((figures / "counterfactual").glob("counterfactuals_*.png"))) == 4
+    assert not (figures / "forgetting_histograms.png").exists()  # a baseline run has no active learning
 
     folder = artifacts / "runs" / run.name / "evaluation" / "counterfactual"
     (row,) = read_csv(folder / "report.csv")
@@ -59,6 +61,18 @@ def test_evaluation_stores_metrics_and_writes_reports(finished_run, judges, arti
     # the admin shows the same figures
     (admin_row,) = services.metrics_rows(run)
     assert admin_row["Model"] == row["model"]
+
+
+def test_evaluating_an_active_learning_run_draws_its_forgetting_histograms(finished_run, judges, tmp_path):
+    run = finished_run("ours", variant="expert-al")
+    folder = services.run_directory(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "active_learning.json").write_text(json.dumps(al_record()))
+    figures = tmp_path / "figures"
+    call_command("evaluate_generator", run.name, "--n", "6", "--n-boot", "20", "--figures", str(figures),
+                 stdout=io.StringIO(), stderr=io.StringIO())  # fmt: skip
+    assert (figures / "forgetting_histograms.png").stat().st_size > 1000
+    assert len(list((figures / "counterfactual").glob("counterfactuals_*.png"))) == 4
 
 
 def test_background_evaluation_then_compare_writes_one_row_per_evaluated_checkpoint(finished_run, judges, tmp_path):

@@ -99,24 +99,34 @@ def _safe(text):
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))
 
 
-def plot_forgetting_histograms(counts_per_round, path, labels=None):
+def plot_forgetting_histograms(histograms, path, labels=None):
     """Fig. 4a: distribution of forgetting counts (x) as a percentage of the data (y), one curve per AL round.
 
-    `counts_per_round`: list of integer arrays, e.g. [raw data, +10%, +20%, +30%]; `labels` names them.
+    `histograms`: one `active_learning.forgetting_histogram` record per curve, e.g. [raw data, +10%, +20%, +30%];
+    `labels` names them. Examples the proxy never learned have no count; they form a bin of their own, drawn
+    apart at the right end of the axis.
     """
-    if not counts_per_round:
-        raise ValueError("plot_forgetting_histograms needs the counts of at least one round")
-    labels = labels or [f"round {i}" for i in range(len(counts_per_round))]
-    if len(labels) != len(counts_per_round):
-        raise ValueError(f"{len(labels)} labels for {len(counts_per_round)} rounds")
-    top = int(max(np.max(c) if len(c) else 0 for c in counts_per_round))
-    edges = np.arange(top + 2) - 0.5
+    if not histograms:
+        raise ValueError("plot_forgetting_histograms needs the histogram of at least one round")
+    labels = labels or [f"round {i}" for i in range(len(histograms))]
+    if len(labels) != len(histograms):
+        raise ValueError(f"{len(labels)} labels for {len(histograms)} rounds")
+    if not all(isinstance(h, dict) and "percent" in h for h in histograms):
+        raise TypeError("plot_forgetting_histograms takes forgetting_histogram() records, not raw counts")
+    top = max(max(len(h["percent"]) for h in histograms), 1) - 1
+    never_x = top + 2  # one empty slot between the last count and the never-learned bin
     figure = _new_figure(5, 3.5)
     axis = figure.add_subplot()
-    for counts, label in zip(counts_per_round, labels):
-        counts = np.asarray(counts)
-        share, _ = np.histogram(counts, bins=edges)
-        axis.step(np.arange(top + 1), 100.0 * share / max(len(counts), 1), where="mid", label=label)
+    for histogram, label in zip(histograms, labels):
+        percent = np.zeros(top + 1)
+        percent[: len(histogram["percent"])] = histogram["percent"]
+        (line,) = axis.plot(
+            np.arange(top + 1), percent, drawstyle="steps-mid", marker=".", label=f"{label} (n={histogram['n']})"
+        )
+        axis.plot([never_x], [histogram["never_learned_percent"]], marker="o", color=line.get_color())
+    axis.axvline(top + 1, color="grey", linestyle=":", linewidth=0.8)
+    ticks = list(range(0, top + 1, max(1, (top + 1) // 8)))
+    axis.set_xticks(ticks + [never_x], [str(t) for t in ticks] + ["never\nlearned"])
     axis.set_xlabel("forgetting events")
     axis.set_ylabel("share of the data (%)")
     axis.legend(fontsize=8)

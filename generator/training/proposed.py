@@ -325,3 +325,16 @@ def read_summary(out_dir):
     """The active-learning record of a finished run (rounds, histograms, selected ids), or None."""
     path = Path(out_dir) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_set_histograms(record):
+    """[(synthetic share, forgetting histogram)] of the training set before the first round and after each round.
+
+    Round k's training-set histogram describes the set it started from (the real data for round 1, then the set
+    enlarged by round k-1), and `histogram_final` the set after the last round: with three rounds, the four curves
+    of Fig. 4a (real data, +10%, +20%, +30%).
+    """
+    rounds = record["rounds"]
+    shares = [0.0] + [r["synthetic_fraction"] for r in rounds]
+    histograms = [r["histogram_training"] for r in rounds] + [record["histogram_final"]]
+    return list(zip(shares, histograms))
