@@ -7,6 +7,12 @@ top-down block through a feature-wise affine modulation (FiLM) and an additive e
 a lesion on or off from the disease label. The likelihood is a discretised Gaussian per pixel; its standardised
 residual is the pixel-level exogenous noise that counterfactual prediction reuses.
 
+With `preset.lesion_blocks > 0` the disease node (`preset.lesion_node`) is routed differently: the top-down trunk
+sees every other parent, and the disease enters only a lesion branch whose output (pixel mean and log-sigma) is
+ADDED to the trunk's, and is exactly zero for category 0 (no finding). A disease is then an opacity drawn on top of
+an anatomy that cannot depend on it, so do(disease) can change only what the branch draws, never the whole image.
+Without it, a label change modulates every block, and counterfactuals drift far outside the lesion.
+
 Pixels are in [-1, 1], parents in the data set's units (see generator.causal.parents.encode_parents).
 """
 
@@ -84,6 +90,10 @@ class StochasticBlock(nn.Module):
         return self.res(h, pa_embedding), z, kl
 
 
+def parent_mlp(width, embedding):
+    return nn.Sequential(nn.Linear(width, embedding), nn.GELU(), nn.Linear(embedding, embedding))
+
+
 def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd):
     return (
         p_logstd - q_logstd + 0.5 * (torch.exp(2 * q_logstd) + (q_mean - p_mean) ** 2) / torch.exp(2 * p_logstd) - 0.5
@@ -115,11 +125,11 @@ class ConditionalHVAE(nn.Module):
         total_blocks = sum(preset.blocks)
         scale_last = (1.0 / total_blocks) ** 0.5  # keeps the residual stream's variance flat with depth
 
-        self.parent_net = nn.Sequential(
-            nn.Linear(encoded_width(graph, graph.names), embedding),
-            nn.GELU(),
-            nn.Linear(embedding, embedding),
-        )
+        self.lesion_node = preset.lesion_node if preset.lesion_blocks else None
+        if self.lesion_node is not None and self.lesion_node not in graph.names:
+            raise ValueError(f"preset {preset.name!r}: lesion node {self.lesion_node!r} is not in the graph")
+        self.trunk_parents = [n for n in graph.names if n != self.lesion_node]
+        self.parent_net = parent_mlp(encoded_width(graph, self.trunk_parents), embedding)
 
         # With no blocks at the image resolution, the stem folds 2x2 pixel patches into channels and the output
         # unfolds them again: the network then runs at half resolution, where it is four times cheaper.
@@ -161,15 +171,37 @@ class ConditionalHVAE(nn.Module):
             else:
                 layers = [ResBlock(widths[res], embedding, scale_last) for _ in range(blocks[res])]
             self.decoder_blocks[str(res)] = nn.ModuleList(layers)
+        self.output = self.output_head(widths[top])
+        if self.lesion_node is not None:
+            self.lesion_parent_net = parent_mlp(encoded_width(graph, graph.names), embedding)
+            self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
+            self.lesion_blocks = nn.ModuleList(
+                ResBlock(widths[top], embedding, scale_last) for _ in range(preset.lesion_blocks)
+            )
+            self.lesion_output = self.output_head(widths[top])
+            with torch.no_grad():  # the branch starts by drawing nothing
+                for parameter in self.lesion_output.parameters():
+                    parameter.zero_()
+
+    def output_head(self, width):
+        """Pixel mean and log-sigma from the top features (unfolding 2x2 patches when the trunk runs at half size)."""
         if self.patchify:
-            self.output = nn.Sequential(nn.Conv2d(widths[top], 8, 3, padding=1), nn.PixelShuffle(2))
-        else:
-            self.output = nn.Conv2d(widths[top], 2, 3, padding=1)
+            return nn.Sequential(nn.Conv2d(width, 8, 3, padding=1), nn.PixelShuffle(2))
+        return nn.Conv2d(width, 2, 3, padding=1)
 
     # --- building blocks -------------------------------------------------------------------------------------------
 
     def embed_parents(self, pa):
-        return self.parent_net(encode_parents(self.graph, pa, self.graph.names))
+        return self.parent_net(encode_parents(self.graph, pa, self.trunk_parents))
+
+    def lesion(self, h, pa):
+        """The lesion branch's additive (mean, log-sigma) map; zero wherever the lesion node is in category 0."""
+        embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
+        r = self.lesion_input(F.gelu(h))
+        for block in self.lesion_blocks:
+            r = block(r, embedding)
+        present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
+        return self.lesion_output(F.gelu(r)) * present
 
     def encode(self, x):
         """Bottom-up activations at every latent resolution."""
@@ -204,7 +236,10 @@ class ConditionalHVAE(nn.Module):
                         kls.append(kl)
                 else:
                     h = block(h, embedding)
-        mean, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
+        out = self.output(F.gelu(h))
+        if self.lesion_node is not None:
+            out = out + self.lesion(h, pa)
+        mean, log_sigma = out.chunk(2, dim=1)
         return mean, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), used, kls
 
     # --- training objective ----------------------------------------------------------------------------------------

@@ -21,6 +21,10 @@ class Preset:
     latent_resolutions: tuple  # subset of `resolutions` that carries stochastic latents
     z_channels: int = 16
     parent_embedding: int = 32
+    # additive lesion branch (see generator.causal.hvae): 0 = the disease modulates every top-down block, as in the
+    # paper; n > 0 = it enters only an n-block branch added to the trunk's output and silent for "no finding"
+    lesion_blocks: int = 0
+    lesion_node: str = "disease"
     # optimisation of the image model
     lr: float = 5e-5
     betas: tuple = (0.9, 0.9)
@@ -127,6 +131,7 @@ PRESETS = {
         latent_resolutions=(1, 4, 8),
         z_channels=8,
         parent_embedding=32,
+        lesion_blocks=1,
         lr=2e-3,
         weight_decay=0.01,
         warmup_steps=50,
