@@ -47,11 +47,8 @@ format: install
 
 test: install lint test-sqlite test-pg
 
-# The Chromium session runs in its own pytest process: inside the full run it times out on a submit (state left by
-# an earlier test, not yet found), while alone it passes.
 test-sqlite: install
-	$(TRAIN_ENV) $(PY) -m pytest -m "not browser"
-	$(PY) -m pytest -m browser
+	$(TRAIN_ENV) $(PY) -m pytest
 
 # The deployment path: PostgreSQL and a real Celery worker on Redis. Neural-network and browser tests do not touch
 # the database layer and ran in the SQLite pass. Set REQUIRE_PG=1 (CI does) to fail when the servers are missing.

@@ -116,7 +116,12 @@ def answer_current_trial(browser, number):
     driver.find_element(By.CSS_SELECTOR, f"input[name=diagnosis][value={diagnosis}]").send_keys(Keys.SPACE)
     if phase == "block1":
         slider = driver.find_element(By.ID, "realness")
-        slider.send_keys(Keys.ARROW_RIGHT if number % 2 else Keys.ARROW_LEFT)
+        # The slider starts at a random value, possibly an end of the scale, where the arrow towards that end does
+        # not move it (and the page rightly refuses the answer): press the arrow that moves it.
+        value, low, high = (int(slider.get_attribute(name)) for name in ("value", "min", "max"))
+        right = (number % 2 == 1 and value < high) or value == low
+        slider.send_keys(Keys.ARROW_RIGHT if right else Keys.ARROW_LEFT)
+        assert driver.find_element(By.ID, "slider_moved").get_attribute("value") == "1"
         if number % 4 == 0:
             driver.find_element(By.CSS_SELECTOR, "input[name=reasons][value='2']").send_keys(Keys.SPACE)
     else:
