@@ -8,9 +8,11 @@ a lesion on or off from the disease label. The likelihood is a discretised Gauss
 residual is the pixel-level exogenous noise that counterfactual prediction reuses.
 
 With `preset.lesion_blocks > 0` the disease node (`preset.lesion_node`) is routed differently: the top-down trunk
-sees every other parent, and the disease enters only a lesion branch whose output (pixel mean and log-sigma) is
-ADDED to the trunk's, and is exactly zero for category 0 (no finding). A disease is then an opacity drawn on top of
-an anatomy that cannot depend on it, so do(disease) can change only what the branch draws, never the whole image.
+sees every other parent, and the disease enters only a lesion branch whose output, a pixel-mean map, is ADDED to the
+trunk's mean and is exactly zero for category 0 (no finding). A disease is then an opacity drawn on top of an anatomy
+that cannot depend on it. The pixel scale stays the trunk's: were the branch to change it too, a counterfactual would
+rescale the abducted pixel noise (all the fine detail the latents leave to it) over the whole image. So
+do(disease) changes an image by exactly the difference of the branch's maps, and nothing else.
 Without it, a label change modulates every block, and counterfactuals drift far outside the lesion.
 
 Pixels are in [-1, 1], parents in the data set's units (see generator.causal.parents.encode_parents).
@@ -178,16 +180,17 @@ class ConditionalHVAE(nn.Module):
             self.lesion_blocks = nn.ModuleList(
                 ResBlock(widths[top], embedding, scale_last) for _ in range(preset.lesion_blocks)
             )
-            self.lesion_output = self.output_head(widths[top])
+            self.lesion_output = self.output_head(widths[top], channels=1)
             with torch.no_grad():  # the branch starts by drawing nothing
                 for parameter in self.lesion_output.parameters():
                     parameter.zero_()
 
-    def output_head(self, width):
-        """Pixel mean and log-sigma from the top features (unfolding 2x2 patches when the trunk runs at half size)."""
+    def output_head(self, width, channels=2):
+        """Pixel maps (mean and log-sigma by default) from the top features, unfolding 2x2 patches when the trunk
+        runs at half size."""
         if self.patchify:
-            return nn.Sequential(nn.Conv2d(width, 8, 3, padding=1), nn.PixelShuffle(2))
-        return nn.Conv2d(width, 2, 3, padding=1)
+            return nn.Sequential(nn.Conv2d(width, 4 * channels, 3, padding=1), nn.PixelShuffle(2))
+        return nn.Conv2d(width, channels, 3, padding=1)
 
     # --- building blocks -------------------------------------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class ConditionalHVAE(nn.Module):
         return self.parent_net(encode_parents(self.graph, pa, self.trunk_parents))
 
     def lesion(self, h, pa):
-        """The lesion branch's additive (mean, log-sigma) map; zero wherever the lesion node is in category 0."""
+        """The lesion branch's additive pixel-mean map; zero wherever the lesion node is in category 0."""
         embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
         r = self.lesion_input(F.gelu(h))
         for block in self.lesion_blocks:
@@ -236,10 +239,9 @@ class ConditionalHVAE(nn.Module):
                         kls.append(kl)
                 else:
                     h = block(h, embedding)
-        out = self.output(F.gelu(h))
+        mean, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
         if self.lesion_node is not None:
-            out = out + self.lesion(h, pa)
-        mean, log_sigma = out.chunk(2, dim=1)
+            mean = mean + self.lesion(h, pa)
         return mean, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), used, kls
 
     # --- training objective ----------------------------------------------------------------------------------------
