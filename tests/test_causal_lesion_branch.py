@@ -127,3 +127,25 @@ def test_a_checkpoint_preset_from_before_the_branch_loads_without_it():
     stored = get_preset("cpu-64").to_dict()
     del stored["lesion_blocks"], stored["lesion_node"]
     assert Preset.from_dict(stored).lesion_blocks == 0
+
+
+def test_when_the_trunk_runs_at_half_size_the_branch_draws_a_smooth_map_upsampled_from_it():
+    preset = get_preset("cpu-64")
+    torch.manual_seed(0)
+    hvae = ConditionalHVAE(preset, MIMIC_GRAPH).eval()
+    assert hvae.patchify
+    with torch.no_grad():
+        for parameter in hvae.lesion_output.parameters():
+            parameter.normal_(0, 0.3)
+    drawn = {}
+    hvae.lesion_output.register_forward_hook(lambda module, args, output: drawn.update(map=output))
+    x, pa = batch([1, 2, 0])
+    x = torch.nn.functional.interpolate(x, size=64)
+    with torch.no_grad():
+        decoded = hvae.decode(pa, hvae.encode(x))
+    # one value per 2x2 patch, spread bilinearly: no sub-pixel freedom to paint a checkerboard with
+    assert drawn["map"].shape[-1] == 32
+    smooth = torch.nn.functional.interpolate(drawn["map"], size=64, mode="bilinear", align_corners=False)
+    present = (pa["disease"] != 0).float()[:, None, None, None]
+    assert torch.allclose(decoded["lesion"], smooth * present)
+    assert decoded["lesion"][:2].abs().mean() > 1e-3

@@ -180,7 +180,10 @@ class ConditionalHVAE(nn.Module):
             self.lesion_blocks = nn.ModuleList(
                 ResBlock(widths[top], embedding, scale_last) for _ in range(preset.lesion_blocks)
             )
-            self.lesion_output = self.output_head(widths[top], channels=1)
+            # one map at the trunk's own resolution, upsampled bilinearly when the trunk runs at half size: a lesion
+            # is a smooth opacity, and the free 2x2 sub-pixels of a patch-unfolding head let counterfactual training
+            # paint checkerboard patterns that convince a classifier without being a lesion
+            self.lesion_output = nn.Conv2d(widths[top], 1, 3, padding=1)
             with torch.no_grad():  # the branch starts by drawing nothing
                 for parameter in self.lesion_output.parameters():
                     parameter.zero_()
@@ -204,7 +207,11 @@ class ConditionalHVAE(nn.Module):
         for block in self.lesion_blocks:
             r = block(r, embedding)
         present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
-        return self.lesion_output(F.gelu(r)) * present
+        lesion = self.lesion_output(F.gelu(r))
+        if lesion.shape[-1] != self.resolution:
+            size = (self.resolution, self.resolution)
+            lesion = F.interpolate(lesion, size=size, mode="bilinear", align_corners=False)
+        return lesion * present
 
     def encode(self, x):
         """Bottom-up activations at every latent resolution."""
@@ -218,8 +225,9 @@ class ConditionalHVAE(nn.Module):
             activations[res] = h
         return activations
 
-    def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
-        """Run the decoder; returns pixel mean, pixel log-sigma, the latents used and the KL per latent layer."""
+    def decode(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
+        """Run the decoder. Returns a dict: pixel `mean` and `log_sigma`, the `latents` used, the `kls` per latent
+        layer, and with a lesion branch its map (`lesion`) and the trunk's mean without it (`anatomy`)."""
         embedding = self.embed_parents(pa)
         n = embedding.shape[0]
         h = self.top_state.expand(n, -1, -1, -1)
@@ -239,23 +247,44 @@ class ConditionalHVAE(nn.Module):
                         kls.append(kl)
                 else:
                     h = block(h, embedding)
-        mean, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
-        if self.lesion_node is not None:
-            mean = mean + self.lesion(h, pa)
-        return mean, log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX), used, kls
+        anatomy, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
+        lesion = self.lesion(h, pa) if self.lesion_node is not None else None
+        mean = anatomy + lesion if lesion is not None else anatomy
+        return {
+            "mean": mean,
+            "log_sigma": log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX),
+            "latents": used,
+            "kls": kls,
+            "anatomy": anatomy,
+            "lesion": lesion,
+        }
+
+    def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
+        """Run the decoder; returns pixel mean, pixel log-sigma, the latents used and the KL per latent layer."""
+        out = self.decode(pa, activations, latents, sample, generator, temperature)
+        return out["mean"], out["log_sigma"], out["latents"], out["kls"]
 
     # --- training objective ----------------------------------------------------------------------------------------
 
     def elbo(self, x, pa, generator=None):
         """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents."""
-        mean, log_sigma, latents, kls = self.top_down(pa, self.encode(x), sample=True, generator=generator)
+        decoded = self.decode(pa, self.encode(x), sample=True, generator=generator)
+        mean, log_sigma, latents, kls = (decoded[k] for k in ("mean", "log_sigma", "latents", "kls"))
         dims = x[0].numel()
         nll = -discretised_gaussian_log_likelihood(x, mean, log_sigma).flatten(1).sum(1) / dims
         kl = sum(k.flatten(1).sum(1) for k in kls) / dims
         # the sampled latents and the residual under them are a posterior draw of the exogenous noise: counterfactual
-        # training reuses them instead of running the encoder a second time
+        # training makes its counterfactuals from them, so the ELBO and the predictors judge the same draw
         abduction = Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
-        return {"free_energy": nll + kl, "nll": nll, "kl": kl, "latents": latents, "abduction": abduction}
+        return {
+            "free_energy": nll + kl,
+            "nll": nll,
+            "kl": kl,
+            "latents": latents,
+            "abduction": abduction,
+            "anatomy": decoded["anatomy"],
+            "lesion": decoded["lesion"],
+        }
 
     # --- counterfactual inference ----------------------------------------------------------------------------------
 
@@ -264,9 +293,11 @@ class ConditionalHVAE(nn.Module):
         mean, log_sigma, latents, _ = self.top_down(pa, self.encode(x), sample=sample, generator=generator)
         return Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
 
-    def predict(self, abduction, pa):
-        mean, log_sigma, _, _ = self.top_down(pa, latents=abduction.latents)
-        return (mean + torch.exp(log_sigma) * abduction.pixel_noise).clamp(-1.0, 1.0)
+    def predict(self, abduction, pa, with_lesion=False):
+        """The image the abducted noise gives under parents `pa`; with `with_lesion`, also the branch's map."""
+        decoded = self.decode(pa, latents=abduction.latents)
+        x = (decoded["mean"] + torch.exp(decoded["log_sigma"]) * abduction.pixel_noise).clamp(-1.0, 1.0)
+        return (x, decoded["lesion"]) if with_lesion else x
 
     def reconstruct(self, x, pa):
         """Decoder mean from the posterior-mean latents (no pixel noise): what the latents and parents explain."""
@@ -315,11 +346,80 @@ class LatentAdversary(nn.Module):
         """What the encoder minimises: cross-entropy of the adversary against the batch's class frequencies, minus
         its entropy, so it is zero when the latents tell nothing about the parents."""
         logits = self(latents)
-        total = 0.0
-        for n in self.targets:
-            k = self.graph[n].cardinality
-            marginal = F.one_hot(pa[n].long(), k).float().mean(0)
-            cross = -(F.log_softmax(logits[n], dim=-1) * marginal).sum(-1).mean()
-            entropy = -(marginal * torch.log(marginal.clamp(min=1e-12))).sum()
-            total = total + cross - entropy
-        return total
+        return sum(marginal_confusion(logits[n], pa[n], self.graph[n].cardinality) for n in self.targets)
+
+
+def marginal_confusion(logits, labels, cardinality):
+    """Cross-entropy of an adversary's predictions against the batch's class frequencies, minus their entropy: zero
+    when the adversary can do no better than guess the marginal, positive when its input gives the class away."""
+    marginal = F.one_hot(labels.long(), cardinality).float().mean(0)
+    cross = -(F.log_softmax(logits, dim=-1) * marginal).sum(-1).mean()
+    entropy = -(marginal * torch.log(marginal.clamp(min=1e-12))).sum()
+    return cross - entropy
+
+
+class AnatomyAdversary(nn.Module):
+    """Reads the disease from the trunk's image (the pixel mean without the lesion branch); the trunk is trained to
+    make it fail.
+
+    With a lesion branch the likelihood alone does not say which part draws a lesion: the latents can carry it and the
+    trunk draw it, leaving the branch silent, so do(disease := healthy) would change nothing. In the causal graph the
+    anatomy does not depend on the disease, so the trunk's image must not tell the disease either; the only place
+    left to draw a lesion is then the branch, and removing it (x - branch) removes the lesion.
+    """
+
+    def __init__(self, preset, graph, width=16):
+        super().__init__()
+        self.node = preset.lesion_node
+        self.cardinality = graph[self.node].cardinality
+        layers, channels = [], 1
+        for multiplier in (1, 2, 4):
+            layers += [nn.Conv2d(channels, width * multiplier, 3, stride=2, padding=1), nn.GELU()]
+            channels = width * multiplier
+        self.net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, self.cardinality))
+
+    def forward(self, anatomy):
+        return self.net(anatomy)
+
+    def loss(self, anatomy, pa):
+        """Cross-entropy of the adversary (what it minimises)."""
+        return F.cross_entropy(self(anatomy), pa[self.node].long())
+
+    def confusion(self, anatomy, pa):
+        """What the trunk minimises: zero when its image tells nothing about the disease."""
+        return marginal_confusion(self(anatomy), pa[self.node], self.cardinality)
+
+
+class LesionCritic(nn.Module):
+    """Tells the lesion maps the branch draws for real diseased images from those it adds under an intervention.
+
+    On a real diseased image the ELBO pins the branch's map to the lesion that is there, so these maps show what
+    lesions look like (their sides, sizes, textures). What the branch adds to an image under do(disease) is seen by
+    nothing but the predictors, and against them alone it drifts to whatever convinces them: the same bright mark on
+    every image. Penalising added maps this critic can tell from real ones keeps additions lesion-like.
+    """
+
+    def __init__(self, preset, graph, width=16):
+        super().__init__()
+        self.node = preset.lesion_node
+        self.cardinality = graph[self.node].cardinality
+        layers, channels = [], self.cardinality  # the map and one plane per disease class (category 0 unused)
+        for multiplier in (1, 2, 4):
+            layers += [nn.Conv2d(channels, width * multiplier, 3, stride=2, padding=1), nn.GELU()]
+            channels = width * multiplier
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
+
+    def forward(self, lesion, disease):
+        planes = F.one_hot(disease.long(), self.cardinality)[:, 1:].to(lesion.dtype)[:, :, None, None]
+        return self.net(torch.cat([lesion, planes.expand(-1, -1, *lesion.shape[-2:])], dim=1)).squeeze(1)
+
+    def loss(self, real, real_disease, added, added_disease):
+        """Logistic loss of the critic: real maps 1, added maps 0."""
+        return F.binary_cross_entropy_with_logits(
+            self(real, real_disease), torch.ones(len(real), device=real.device)
+        ) + F.binary_cross_entropy_with_logits(self(added, added_disease), torch.zeros(len(added), device=real.device))
+
+    def realism(self, added, added_disease):
+        """What the branch minimises on added maps (non-saturating): -log D(added)."""
+        logits = self(added, added_disease)
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))

@@ -14,7 +14,7 @@ observational free energy stays at the pretrained model's level.
 import torch
 
 from generator.causal.counterfactual import Counterfactual
-from generator.causal.hvae import LatentAdversary
+from generator.causal.hvae import AnatomyAdversary, LatentAdversary, LesionCritic
 from generator.training.trainer import (
     EMA,
     BatchSampler,
@@ -47,6 +47,108 @@ def measure_free_energy(hvae, dataset, preset, device, batches=None, seed=0):
     return total / max(count, 1)
 
 
+class AnatomyCritic:
+    """The anatomy adversary with its optimiser, or nothing when the preset has no lesion branch or a zero weight.
+
+    `confusion` is the term the generator minimises (with gradient into the trunk); `train_step` then fits the
+    adversary one step on the detached trunk images.
+    """
+
+    def __init__(self, preset, graph, device):
+        self.active = bool(preset.lesion_blocks and preset.anatomy_weight > 0)
+        self.adversary = AnatomyAdversary(preset, graph).to(device) if self.active else None
+        self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=preset.adversary_lr) if self.active else None
+
+    def confusion(self, anatomy, pa):
+        if not self.active:
+            return torch.zeros((), device=anatomy.device)
+        return self.adversary.confusion(anatomy, pa)
+
+    def train_step(self, anatomy, pa):
+        if not self.active:
+            return 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.adversary.loss(anatomy.detach(), pa)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def state_dict(self):
+        if not self.active:
+            return {}
+        return {"adversary": self.adversary.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.active and state:
+            self.adversary.load_state_dict(state["adversary"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class AddedLesionCritic:
+    """The lesion critic with its optimiser, or nothing when the preset has no lesion branch or a zero weight.
+
+    A batch's real maps are the branch's drawings on its diseased images; its added maps are what the branch draws
+    where the intervention gives an image a disease it did not have.
+    """
+
+    def __init__(self, preset, graph, device):
+        self.node = preset.lesion_node
+        self.active = bool(preset.lesion_blocks and preset.lesion_critic_weight > 0)
+        self.critic = LesionCritic(preset, graph).to(device) if self.active else None
+        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=preset.adversary_lr) if self.active else None
+
+    def split(self, lesion, pa, lesion_cf, pa_cf):
+        real = pa[self.node] != 0
+        added = (pa_cf[self.node] != pa[self.node]) & (pa_cf[self.node] != 0)
+        return real, added
+
+    def realism(self, lesion, pa, lesion_cf, pa_cf):
+        if not self.active:
+            return torch.zeros(())
+        real, added = self.split(lesion, pa, lesion_cf, pa_cf)
+        if not added.any() or not real.any():
+            return torch.zeros((), device=lesion.device)
+        return self.critic.realism(lesion_cf[added], pa_cf[self.node][added])
+
+    def train_step(self, lesion, pa, lesion_cf, pa_cf):
+        if not self.active:
+            return 0.0
+        real, added = self.split(lesion, pa, lesion_cf, pa_cf)
+        if not added.any() or not real.any():
+            return 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.critic.loss(
+            lesion[real].detach(), pa[self.node][real], lesion_cf[added].detach(), pa_cf[self.node][added]
+        )
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def state_dict(self):
+        if not self.active:
+            return {}
+        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.active and state:
+            self.critic.load_state_dict(state["critic"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def branch_parameters(hvae):
+    """The lesion branch's parameters: what counterfactual training changes when the preset says `cf_branch_only`.
+
+    After the ELBO stage the trunk draws a lesion-free anatomy (the anatomy adversary) and the branch draws the
+    lesion, so a removal is already right. Were the trunk trained further against the predictors, it could team up
+    with the branch, e.g. darken the anatomy where the branch brightens, and turn removals into dark holes and
+    additions into bright marks a classifier accepts. With the trunk, encoder and latents fixed, the ELBO constraint
+    pins the branch's drawing on every diseased image, and the only freedom left is what it adds to a healthy one.
+    """
+    return [p for name, p in hvae.named_parameters() if name.startswith("lesion_")]
+
+
 def random_intervention(pa, targets):
     """do(pa_k := value drawn from the empirical marginal of pa_k) for one random parent k of `targets`."""
     name = targets[int(torch.randint(len(targets), ()))]
@@ -69,6 +171,7 @@ class CounterfactualTask(StageTask):
         adversary=None,
         extra_loss=None,
         targets=None,
+        anatomy=None,
     ):
         self.model = model
         self.hvae = model.hvae
@@ -82,11 +185,21 @@ class CounterfactualTask(StageTask):
         self.device = device
         self.extra_loss = extra_loss
         self.targets = list(targets or self.graph.names)
+        # with a lesion branch and `cf_branch_only`, the stage trains the branch alone (see branch_parameters)
+        self.branch_only = bool(preset.lesion_blocks and preset.cf_branch_only)
+        if self.branch_only:
+            self.targets = [preset.lesion_node]
+        self.trained = branch_parameters(self.hvae) if self.branch_only else list(self.hvae.parameters())
+        trained = {id(p) for p in self.trained}
+        for p in self.hvae.parameters():
+            p.requires_grad_(id(p) in trained)
         self.adversary = adversary or LatentAdversary(preset, self.graph).to(device)
         self.optimizer = torch.optim.AdamW(
-            self.hvae.parameters(), lr=preset.cf_lr, betas=preset.betas, weight_decay=preset.weight_decay
+            self.trained, lr=preset.cf_lr, betas=preset.betas, weight_decay=preset.weight_decay
         )
         self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=preset.adversary_lr)
+        self.anatomy = anatomy or AnatomyCritic(preset, self.graph, device)
+        self.lesion_critic = AddedLesionCritic(preset, self.graph, device)
         self.ema = EMA(self.hvae, preset.ema_rate)
         self.sampler = BatchSampler(len(train_set.x), preset.batch_size, seed)
         self.lagrange = torch.tensor(float(preset.lagrange_init))
@@ -98,9 +211,12 @@ class CounterfactualTask(StageTask):
         out = self.hvae.elbo(x, pa)
         free_energy = out["free_energy"].mean()
 
+        # the counterfactual is made from the same posterior draw of the latents the ELBO term scores: from the
+        # posterior means instead, the branch could tell the two inputs apart (means vary less than draws) and draw
+        # one thing where the likelihood looks and another where only the predictors do
         do = random_intervention(pa, self.targets)
         pa_cf = self.model.parent_model.counterfactual(pa, do)
-        x_cf = self.hvae.predict(out["abduction"], pa_cf)
+        x_cf, lesion_cf = self.hvae.predict(out["abduction"], pa_cf, with_lesion=True)
         cf = Counterfactual(x_cf=x_cf, pa_cf=pa_cf, effect=x_cf - x, uncertainty=torch.zeros_like(x_cf))
         changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
         counterfactual_loss = -sum(v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values())
@@ -108,25 +224,31 @@ class CounterfactualTask(StageTask):
         gap = free_energy - self.constraint
         multiplier = (self.lagrange + preset.lagrange_damping * gap.detach()).clamp(min=0.0)
         confusion = self.adversary.confusion(out["latents"], pa)
+        anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
+        realism = self.lesion_critic.realism(out["lesion"], pa, lesion_cf, pa_cf)
         effect_size = cf.effect.abs().mean()
         loss = (
             counterfactual_loss
             + multiplier * gap
             + preset.independence_weight * confusion
+            + preset.anatomy_weight * anatomy_confusion
             + preset.effect_penalty * effect_size
+            + preset.lesion_critic_weight * realism
         )
         extra = torch.zeros(())
         if self.extra_loss is not None:
             extra = self.extra_loss(self.model, x, pa, cf, do)
             loss = loss + extra
         loss.backward()
-        norm, applied = clipped_step(self.optimizer, self.hvae.parameters(), preset, step, preset.cf_lr)
+        norm, applied = clipped_step(self.optimizer, self.trained, preset, step, preset.cf_lr)
 
         self.adversary.zero_grad(set_to_none=True)
         adversary_loss = self.adversary.loss([z.detach() for z in out["latents"]], pa)
         adversary_loss.backward()
         self.adversary_optimizer.step()
         self.adversary_optimizer.zero_grad(set_to_none=True)
+        self.anatomy.train_step(out["anatomy"], pa)
+        critic_loss = self.lesion_critic.train_step(out["lesion"], pa, lesion_cf, pa_cf)
 
         self.lagrange = (self.lagrange + preset.lagrange_lr * gap.detach().cpu()).clamp(min=0.0)
         if applied:
@@ -138,6 +260,9 @@ class CounterfactualTask(StageTask):
             "lagrange": float(self.lagrange),
             "extra": float(extra.detach()),
             "confusion": confusion.item(),
+            "anatomy_confusion": anatomy_confusion.item(),
+            "lesion_realism": realism.item(),
+            "lesion_critic": critic_loss,
             "effect": effect_size.item(),
             "grad_norm": norm,
         }
@@ -149,6 +274,8 @@ class CounterfactualTask(StageTask):
             "adversary": self.adversary.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "adversary_optimizer": self.adversary_optimizer.state_dict(),
+            "anatomy": self.anatomy.state_dict(),
+            "lesion_critic": self.lesion_critic.state_dict(),
             "sampler": self.sampler.state_dict(),
             "lagrange": self.lagrange,
             "constraint": self.constraint,
@@ -160,6 +287,8 @@ class CounterfactualTask(StageTask):
         self.adversary.load_state_dict(state["adversary"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+        self.anatomy.load_state_dict(state.get("anatomy", {}))
+        self.lesion_critic.load_state_dict(state.get("lesion_critic", {}))
         self.sampler.load_state_dict(state["sampler"])
         self.lagrange = state["lagrange"]
         self.constraint = state["constraint"]

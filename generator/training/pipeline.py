@@ -21,6 +21,7 @@ from generator.causal.predictors import ParentPredictors
 from generator.data.graph import CONTINUOUS, CausalGraph
 from generator.training.checkpoint import atomic_save, code_version, load_checkpoint, read_manifest, record_stage
 from generator.training.counterfactual_stage import (
+    AnatomyCritic,
     CounterfactualTask,
     finetune_counterfactual,
     measure_free_energy,
@@ -212,7 +213,8 @@ def readable_parents(graph, metrics, margin=0.05):
 
 
 class HVAETask(StageTask):
-    """ELBO training of the conditional HVAE, with the latent-independence adversary."""
+    """ELBO training of the conditional HVAE, with the latent-independence adversary and, with a lesion branch, the
+    anatomy adversary."""
 
     name = "hvae"
 
@@ -220,6 +222,7 @@ class HVAETask(StageTask):
         self.hvae, self.preset = hvae, preset
         self.train_set, self.valid_set, self.device = train_set, valid_set, device
         self.adversary = LatentAdversary(preset, graph).to(device)
+        self.anatomy = AnatomyCritic(preset, graph, device)
         self.optimizer = torch.optim.AdamW(
             hvae.parameters(), lr=preset.lr, betas=preset.betas, weight_decay=preset.weight_decay
         )
@@ -233,7 +236,10 @@ class HVAETask(StageTask):
         out = self.hvae.elbo(x, pa)
         free_energy = out["free_energy"].mean()
         confusion = self.adversary.confusion(out["latents"], pa)
-        (free_energy + self.preset.independence_weight * confusion).backward()
+        anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
+        (
+            free_energy + self.preset.independence_weight * confusion + self.preset.anatomy_weight * anatomy_confusion
+        ).backward()
         norm, applied = clipped_step(self.optimizer, self.hvae.parameters(), self.preset, step, self.preset.lr)
 
         self.adversary.zero_grad(set_to_none=True)
@@ -241,6 +247,7 @@ class HVAETask(StageTask):
         adversary_loss.backward()
         self.adversary_optimizer.step()
         self.adversary_optimizer.zero_grad(set_to_none=True)
+        anatomy_adversary_loss = self.anatomy.train_step(out["anatomy"], pa)
         if applied:
             self.ema.update(self.hvae)
         return {
@@ -249,6 +256,8 @@ class HVAETask(StageTask):
             "kl": out["kl"].mean().item(),
             "confusion": confusion.item(),
             "adversary": adversary_loss.item(),
+            "anatomy_confusion": anatomy_confusion.item(),
+            "anatomy_adversary": anatomy_adversary_loss,
             "grad_norm": norm,
             "skipped": float(not applied),
         }
@@ -260,6 +269,7 @@ class HVAETask(StageTask):
             "adversary": self.adversary.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "adversary_optimizer": self.adversary_optimizer.state_dict(),
+            "anatomy": self.anatomy.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
 
@@ -269,6 +279,7 @@ class HVAETask(StageTask):
         self.adversary.load_state_dict(state["adversary"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+        self.anatomy.load_state_dict(state.get("anatomy", {}))
         self.sampler.load_state_dict(state["sampler"])
 
     def evaluate(self):
@@ -346,6 +357,7 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
                 carried["adversary"],
                 extra_loss,
                 targets,
+                carried.get("anatomy"),
             )
 
         budget = None
@@ -372,9 +384,11 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
         if stage == "hvae":
             carried.update(hvae_ema=task.ema.module.state_dict(), valid_free_energy=metrics["valid_free_energy"])
             carried["adversary"] = task.adversary
+            carried["anatomy"] = task.anatomy
         if stage == "counterfactual":
             metrics.update(constraint=task.constraint, lagrange=float(task.lagrange), intervened=task.targets)
             model.hvae.load_state_dict(task.ema.module.state_dict())
+            model.hvae.requires_grad_(True)
             metrics["valid_free_energy"] = measure_free_energy(model.hvae, valid_set, preset, device)
         if rank == 0:
             atomic_save(
@@ -416,8 +430,10 @@ def restore_stage(stage, state, model, predictors, carried, device):
         preset = Preset.from_dict(state["meta"]["preset"])
         adversary = LatentAdversary(preset, model.graph).to(device)
         adversary.load_state_dict(state["adversary"])
+        anatomy = AnatomyCritic(preset, model.graph, device)
+        anatomy.load_state_dict(state["task"].get("anatomy", {}))
         model.hvae.load_state_dict(state["hvae"])
-        carried.update(hvae_ema=state["hvae_ema"], adversary=adversary)
+        carried.update(hvae_ema=state["hvae_ema"], adversary=adversary, anatomy=anatomy)
     if stage == "counterfactual":
         model.hvae.load_state_dict(state["hvae_ema"])
 

@@ -25,6 +25,9 @@ class Preset:
     # paper; n > 0 = it enters only an n-block branch added to the trunk's output and silent for "no finding"
     lesion_blocks: int = 0
     lesion_node: str = "disease"
+    # with a lesion branch: weight of the anatomy adversary (generator.causal.hvae.AnatomyAdversary), which keeps the
+    # disease out of the trunk's image so that the branch, and only the branch, draws the lesion (0 = off)
+    anatomy_weight: float = 0.0
     # optimisation of the image model
     lr: float = 5e-5
     betas: tuple = (0.9, 0.9)
@@ -56,6 +59,12 @@ class Preset:
     # minimal-change penalty on |x_cf - x| in counterfactual training (0 = the paper's objective): the cheapest way
     # to convince the predictors then is to change the lesion itself, not to paint a pattern over the whole image
     effect_penalty: float = 0.0
+    # with a lesion branch: counterfactual training changes the branch only and intervenes on the lesion node only
+    # (generator.training.counterfactual_stage.branch_parameters says why)
+    cf_branch_only: bool = False
+    # with a lesion branch: weight of the lesion critic (generator.causal.hvae.LesionCritic) on the maps the branch
+    # adds under an intervention, so additions look like the lesions it draws on real diseased images (0 = off)
+    lesion_critic_weight: float = 0.0
     # default steps per stage and share of a wall-clock budget
     steps: dict = field(
         default_factory=lambda: {"parents": 500, "predictors": 500, "hvae": 2000, "counterfactual": 500}
@@ -132,6 +141,7 @@ PRESETS = {
         z_channels=8,
         parent_embedding=32,
         lesion_blocks=1,
+        anatomy_weight=1.0,
         lr=2e-3,
         weight_decay=0.01,
         warmup_steps=50,
@@ -143,7 +153,8 @@ PRESETS = {
         predictor_width=16,
         predictor_lr=2e-3,
         cf_lr=2e-4,
-        effect_penalty=30.0,
+        effect_penalty=10.0,
+        cf_branch_only=True,
         steps={"parents": 300, "predictors": 800, "hvae": 4000, "counterfactual": 1500},
         budget_shares={"parents": 0.02, "predictors": 0.13, "hvae": 0.45, "counterfactual": 0.4},
         checkpoint_every=100,

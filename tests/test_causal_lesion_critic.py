@@ -1,0 +1,95 @@
+"""The lesion critic: maps the branch adds under an intervention are judged against those it draws on real lesions."""
+
+import pytest
+import torch
+
+from generator.causal.hvae import LesionCritic
+from generator.data.graph import MIMIC_GRAPH
+from generator.training.checkpoint import load_checkpoint
+from generator.training.counterfactual_stage import AddedLesionCritic
+from generator.training.pipeline import RunConfig, train
+from generator.training.presets import PRESETS, get_preset
+from tests.test_training_resume import STEPS, interrupt_at, synthetic_split
+
+pytestmark = pytest.mark.ml
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def critic_preset(weight=1.0):
+    preset = get_preset("test-32")
+    preset.lesion_blocks = 1
+    preset.anatomy_weight = 1.0
+    preset.cf_branch_only = True
+    preset.lesion_critic_weight = weight
+    return preset
+
+
+def real_maps(n, generator):
+    """Blobs of varying place and size, like lesions of different patients."""
+    maps = torch.zeros(n, 1, 32, 32)
+    for i in range(n):
+        r, c = torch.randint(4, 24, (2,), generator=generator).tolist()
+        s = int(torch.randint(3, 8, (), generator=generator))
+        maps[i, :, r : r + s, c : c + s] = 0.5
+    return maps
+
+
+def test_the_critic_learns_to_tell_one_repeated_mark_from_varied_lesions_and_penalises_the_mark():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    critic = LesionCritic(critic_preset(), MIMIC_GRAPH)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=3e-3)
+    mark = torch.zeros(16, 1, 32, 32)
+    mark[:, :, 28:30, 4:28] = 1.0  # the same bright line on every image
+    disease = torch.tensor([1, 2] * 8)
+    before = critic.realism(mark, disease).item()
+    for _ in range(80):
+        loss = critic.loss(real_maps(16, generator), disease, mark, disease)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3
+    assert critic.realism(mark, disease).item() > before + 1.0
+    assert critic.realism(real_maps(16, generator), disease).item() < critic.realism(mark, disease).item()
+
+
+def test_only_intervened_additions_are_judged_and_only_against_real_diseased_images():
+    wrapper = AddedLesionCritic(critic_preset(), MIMIC_GRAPH, "cpu")
+    pa = {"disease": torch.tensor([0, 1, 2, 1])}
+    pa_cf = {"disease": torch.tensor([1, 0, 1, 1])}
+    real, added = wrapper.split(None, pa, None, pa_cf)
+    assert real.tolist() == [False, True, True, True]
+    # healthy -> effusion and pneumonia -> effusion add a lesion; a removal and an unchanged label do not
+    assert added.tolist() == [True, False, True, False]
+    # no addition in the batch: nothing to judge, nothing trained
+    lesion = torch.randn(4, 1, 32, 32)
+    assert wrapper.realism(lesion, pa, lesion, pa).item() == 0.0
+    assert wrapper.train_step(lesion, pa, lesion, pa) == 0.0
+    off = AddedLesionCritic(critic_preset(weight=0.0), MIMIC_GRAPH, "cpu")
+    assert off.realism(lesion, pa, lesion, pa_cf).item() == 0.0 and off.state_dict() == {}
+
+
+def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(monkeypatch, tmp_path):
+    monkeypatch.setitem(PRESETS, "test-32", critic_preset())
+    splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
+    steps = {**STEPS, "counterfactual": 6}
+    config = RunConfig(preset="test-32", seed=4, steps=steps, checkpoint_every=2)
+    reference = train(config, splits, tmp_path / "reference")
+    assert any(entry["lesion_critic"] > 0 for entry in reference["history"]["counterfactual"][-1:])
+
+    with pytest.raises(Exception, match="stopped at counterfactual step 4"):
+        train(config, splits, tmp_path / "resumed", progress=interrupt_at("counterfactual", 4))
+    resumed = train(config, splits, tmp_path / "resumed", resume=True)
+    expected = load_checkpoint(reference["checkpoints"]["counterfactual"])
+    actual = load_checkpoint(resumed["checkpoints"]["counterfactual"])
+    for name, tensor in expected["task"]["lesion_critic"]["critic"].items():
+        assert torch.equal(tensor, actual["task"]["lesion_critic"]["critic"][name]), name
+    for name, tensor in expected["hvae_ema"].items():
+        assert torch.equal(tensor, actual["hvae_ema"][name]), name
