@@ -4,6 +4,17 @@ import pytest
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (small models run faster and reproducibly so), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def media_root(settings, tmp_path):
     """Stimulus files of a test go to its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -13,15 +13,7 @@ from generator.training.pipeline import RunConfig, train
 from generator.training.presets import PRESETS, get_preset
 from tests.test_training_resume import STEPS, interrupt_at, synthetic_split
 
-pytestmark = pytest.mark.ml
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def lesion_preset(weight=1.0):

@@ -7,15 +7,7 @@ from generator.causal.counterfactual import CounterfactualModel
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.presets import get_preset
 
-pytestmark = pytest.mark.ml
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def batch(n=6, resolution=32, seed=0):

@@ -8,15 +8,7 @@ from generator.causal.hvae import ConditionalHVAE
 from generator.data.graph import CHESTXRAY8_GRAPH, MIMIC_GRAPH
 from generator.training.presets import Preset, get_preset
 
-pytestmark = pytest.mark.ml
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def batch(disease, seed=0):

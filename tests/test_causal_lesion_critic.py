@@ -11,15 +11,7 @@ from generator.training.pipeline import RunConfig, train
 from generator.training.presets import PRESETS, get_preset
 from tests.test_training_resume import STEPS, interrupt_at, synthetic_split
 
-pytestmark = pytest.mark.ml
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def critic_preset(weight=1.0):
@@ -64,7 +56,7 @@ def test_only_intervened_additions_are_judged_and_only_against_real_diseased_ima
     wrapper = AddedLesionCritic(critic_preset(), MIMIC_GRAPH, "cpu")
     pa = {"disease": torch.tensor([0, 1, 2, 1])}
     pa_cf = {"disease": torch.tensor([1, 0, 1, 1])}
-    real, added = wrapper.split(None, pa, None, pa_cf)
+    real, added = wrapper.split(pa, pa_cf)
     assert real.tolist() == [False, True, True, True]
     # healthy -> effusion and pneumonia -> effusion add a lesion; a removal and an unchanged label do not
     assert added.tolist() == [True, False, True, False]

@@ -47,28 +47,21 @@ def measure_free_energy(hvae, dataset, preset, device, batches=None, seed=0):
     return total / max(count, 1)
 
 
-class AnatomyCritic:
-    """The anatomy adversary with its optimiser, or nothing when the preset has no lesion branch or a zero weight.
+class OptionalCritic:
+    """A critic network with its optimiser, trained one step at a time beside the generator, or nothing at all when
+    the preset switches it off. Subclasses build `self.net` and say how it scores a batch."""
 
-    `confusion` is the term the generator minimises (with gradient into the trunk); `train_step` then fits the
-    adversary one step on the detached trunk images.
-    """
+    key = "critic"  # name of the network in the state dict
 
-    def __init__(self, preset, graph, device):
-        self.active = bool(preset.lesion_blocks and preset.anatomy_weight > 0)
-        self.adversary = AnatomyAdversary(preset, graph).to(device) if self.active else None
-        self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=preset.adversary_lr) if self.active else None
+    def __init__(self, active, build, preset, device):
+        self.active = bool(active)
+        self.net = build().to(device) if self.active else None
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=preset.adversary_lr) if self.active else None
 
-    def confusion(self, anatomy, pa):
-        if not self.active:
-            return torch.zeros((), device=anatomy.device)
-        return self.adversary.confusion(anatomy, pa)
-
-    def train_step(self, anatomy, pa):
-        if not self.active:
-            return 0.0
+    def fit(self, loss_fn):
+        """One optimiser step of the critic on `loss_fn()`; returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.adversary.loss(anatomy.detach(), pa)
+        loss = loss_fn()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -77,16 +70,40 @@ class AnatomyCritic:
     def state_dict(self):
         if not self.active:
             return {}
-        return {"adversary": self.adversary.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {self.key: self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state):
         if self.active and state:
-            self.adversary.load_state_dict(state["adversary"])
+            self.net.load_state_dict(state[self.key])
             self.optimizer.load_state_dict(state["optimizer"])
 
 
-class AddedLesionCritic:
-    """The lesion critic with its optimiser, or nothing when the preset has no lesion branch or a zero weight.
+class AnatomyCritic(OptionalCritic):
+    """The anatomy adversary, or nothing when the preset has no lesion branch or a zero weight.
+
+    `confusion` is the term the generator minimises (with gradient into the trunk); `train_step` then fits the
+    adversary one step on the detached trunk images.
+    """
+
+    key = "adversary"
+
+    def __init__(self, preset, graph, device):
+        active = preset.lesion_blocks and preset.anatomy_weight > 0
+        super().__init__(active, lambda: AnatomyAdversary(preset, graph), preset, device)
+
+    def confusion(self, anatomy, pa):
+        if not self.active:
+            return torch.zeros((), device=anatomy.device)
+        return self.net.confusion(anatomy, pa)
+
+    def train_step(self, anatomy, pa):
+        if not self.active:
+            return 0.0
+        return self.fit(lambda: self.net.loss(anatomy.detach(), pa))
+
+
+class AddedLesionCritic(OptionalCritic):
+    """The lesion critic, or nothing when the preset has no lesion branch or a zero weight.
 
     A batch's real maps are the branch's drawings on its diseased images; its added maps are what the branch draws
     where the intervention gives an image a disease it did not have.
@@ -94,47 +111,34 @@ class AddedLesionCritic:
 
     def __init__(self, preset, graph, device):
         self.node = preset.lesion_node
-        self.active = bool(preset.lesion_blocks and preset.lesion_critic_weight > 0)
-        self.critic = LesionCritic(preset, graph).to(device) if self.active else None
-        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=preset.adversary_lr) if self.active else None
+        active = preset.lesion_blocks and preset.lesion_critic_weight > 0
+        super().__init__(active, lambda: LesionCritic(preset, graph), preset, device)
 
-    def split(self, lesion, pa, lesion_cf, pa_cf):
+    def split(self, pa, pa_cf):
+        """Masks of the samples with a real lesion and of those the intervention adds one to."""
         real = pa[self.node] != 0
         added = (pa_cf[self.node] != pa[self.node]) & (pa_cf[self.node] != 0)
         return real, added
 
     def realism(self, lesion, pa, lesion_cf, pa_cf):
-        if not self.active:
+        if not self.active:  # no branch at all: there are no maps
             return torch.zeros(())
-        real, added = self.split(lesion, pa, lesion_cf, pa_cf)
+        real, added = self.split(pa, pa_cf)
         if not added.any() or not real.any():
             return torch.zeros((), device=lesion.device)
-        return self.critic.realism(lesion_cf[added], pa_cf[self.node][added])
+        return self.net.realism(lesion_cf[added], pa_cf[self.node][added])
 
     def train_step(self, lesion, pa, lesion_cf, pa_cf):
         if not self.active:
             return 0.0
-        real, added = self.split(lesion, pa, lesion_cf, pa_cf)
+        real, added = self.split(pa, pa_cf)
         if not added.any() or not real.any():
             return 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.critic.loss(
-            lesion[real].detach(), pa[self.node][real], lesion_cf[added].detach(), pa_cf[self.node][added]
+        return self.fit(
+            lambda: self.net.loss(
+                lesion[real].detach(), pa[self.node][real], lesion_cf[added].detach(), pa_cf[self.node][added]
+            )
         )
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    def state_dict(self):
-        if not self.active:
-            return {}
-        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state):
-        if self.active and state:
-            self.critic.load_state_dict(state["critic"])
-            self.optimizer.load_state_dict(state["optimizer"])
 
 
 def branch_parameters(hvae):
