@@ -17,6 +17,7 @@ sheet is written next to the checkpoints.
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,27 +66,47 @@ def evaluation_classifier(train_set, steps=600, seed=123):
     return net.eval()
 
 
+def localisation(change, region):
+    """Per image, the share of the total change |x_cf - x| that lies inside `region`."""
+    return (change * region).flatten(1).sum(1) / change.flatten(1).sum(1).clamp(min=1e-8)
+
+
+def batched_counterfactual(model, x, pa, do, batch=100, seed=0, samples=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat(
+        [
+            model.counterfactual(
+                x[s : s + batch],
+                {k: v[s : s + batch] for k, v in pa.items()},
+                do,
+                samples=samples,
+                generator=generator,
+            ).x_cf
+            for s in range(0, len(x), batch)
+        ]
+    )
+
+
 @torch.no_grad()
-def score(model, scm, test, classifier, resolution, batch=100):
+def score(model, scm, test, classifier, resolution, per_case=300):
+    """Removals (do(healthy) on diseased images), additions (do(lesion) on healthy images) and swaps between the two
+    lesions, each judged against the phantom's truth."""
     results = {}
     disease = test.pa["disease"]
-    for target, label in enumerate(DISEASE_CLASSES):
-        index = torch.nonzero(disease != target).flatten()[:300]
+    cases = [(f"removal do(healthy) from {DISEASE_CLASSES[s]}", s, 0) for s in (1, 2)]
+    cases += [(f"addition do({DISEASE_CLASSES[t]})", 0, t) for t in (1, 2)]
+    cases += [(f"swap do({DISEASE_CLASSES[t]}) from {DISEASE_CLASSES[3 - t]}", 3 - t, t) for t in (1, 2)]
+    for name, source, target in cases:
+        index = torch.nonzero(disease == source).flatten()[:per_case]
         pa = {k: v[index] for k, v in test.pa.items()}
         x, u = test.x[index], test.u[index]
-        x_cf = torch.cat(
-            [
-                model.counterfactual(
-                    x[s : s + batch], {k: v[s : s + batch] for k, v in pa.items()}, {"disease": target}
-                ).x_cf
-                for s in range(0, len(index), batch)
-            ]
-        )
+        x_cf = batched_counterfactual(model, x, pa, {"disease": target}, seed=target)
         true_cf, pa_cf, _ = scm.true_counterfactual(pa, u, {"disease": target}, resolution)
         region = scm.change_region(pa, u, pa_cf, resolution)
+        if source == 0 or (target != 0 and source != 0):  # an added lesion may lie anywhere in its plausible zone
+            zone = scm.plausible_zone(pa, u, target, resolution, draws=48, rng=1)
+            region = region | zone
         change = (x_cf - x).abs()
-        inside = (change * region).flatten(1).sum(1) / change.flatten(1).sum(1).clamp(min=1e-8)
-        agreement = (classifier(x_cf).argmax(-1) == target).float().mean().item()
         entry = {
             "n": len(index),
             "l1_to_true_cf": (x_cf - true_cf).abs().mean().item(),
@@ -93,15 +114,36 @@ def score(model, scm, test, classifier, resolution, batch=100):
             "l1_to_true_cf_in_region": ((x_cf - true_cf).abs() * region).sum().item()
             / region.sum().clamp(min=1).item(),
             "l1_no_change_in_region": ((x - true_cf).abs() * region).sum().item() / region.sum().clamp(min=1).item(),
-            "change_inside_true_region": inside.mean().item(),
+            "localisation": localisation(change, region).mean().item(),
             "mean_abs_change": change.mean().item(),
-            "classifier_agreement": agreement,
+            "true_mean_abs_change": (true_cf - x).abs().mean().item(),
+            "classifier_agreement": (classifier(x_cf).argmax(-1) == target).float().mean().item(),
         }
-        results[f"do(disease={label})"] = entry
+        results[name] = entry
     return results
 
 
+def headline(results):
+    """The issue's targets in one line per checkpoint."""
+    removals = [v for k, v in results.items() if k.startswith("removal")]
+    ratio = np.mean([r["l1_to_true_cf"] / r["l1_no_change"] for r in removals])
+    ratio_region = np.mean([r["l1_to_true_cf_in_region"] / r["l1_no_change_in_region"] for r in removals])
+    agreement = {
+        "healthy": np.mean([r["classifier_agreement"] for r in removals]),
+        "effusion": results["addition do(effusion)"]["classifier_agreement"],
+        "pneumonia": results["addition do(pneumonia)"]["classifier_agreement"],
+    }
+    return {
+        "removal_l1_ratio": float(ratio),
+        "removal_l1_ratio_in_region": float(ratio_region),
+        "min_localisation": float(min(r["localisation"] for r in results.values())),
+        "localisation": {k: round(v["localisation"], 3) for k, v in results.items()},
+        "agreement": {k: round(float(v), 3) for k, v in agreement.items()},
+    }
+
+
 def contact_sheet(model, test, scm, resolution, path, count=6):
+    """Removals: factual, do(healthy), true healthy, change x4, true change x4."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,23 +152,56 @@ def contact_sheet(model, test, scm, resolution, path, count=6):
     index = torch.nonzero(test.pa["disease"] != 0).flatten()[:count]
     pa = {k: v[index] for k, v in test.pa.items()}
     x = test.x[index]
-    rows = [("factual", x)]
     with torch.no_grad():
-        for target, label in enumerate(DISEASE_CLASSES):
-            rows.append((f"do({label})", model.counterfactual(x, pa, {"disease": target}).x_cf))
-        rows.append(("true healthy", scm.true_counterfactual(pa, test.u[index], {"disease": 0}, resolution)[0]))
+        removed = model.counterfactual(x, pa, {"disease": 0}).x_cf
+    truth = scm.true_counterfactual(pa, test.u[index], {"disease": 0}, resolution)[0]
+    rows = [
+        ("factual", x, (-1, 1)),
+        ("do(healthy)", removed, (-1, 1)),
+        ("true healthy", truth, (-1, 1)),
+        ("change x4", (removed - x) * 4, (-1, 1)),
+        ("true change x4", (truth - x) * 4, (-1, 1)),
+    ]
+    titles = [DISEASE_CLASSES[int(d)] for d in pa["disease"]]
+    draw_sheet(plt, rows, titles, path)
+
+
+def addition_sheet(model, test, scm, resolution, path, count=4, draws=4):
+    """Additions to healthy images: for each lesion, `draws` samples of the model beside the true counterfactual."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    index = torch.nonzero(test.pa["disease"] == 0).flatten()[:count]
+    pa = {k: v[index] for k, v in test.pa.items()}
+    x = test.x[index]
+    rows = [("healthy", x, (-1, 1))]
+    with torch.no_grad():
+        for target in (1, 2):
+            for draw in range(draws):
+                generator = torch.Generator().manual_seed(100 * target + draw)
+                x_cf = model.counterfactual(x, pa, {"disease": target}, generator=generator).x_cf
+                rows.append((f"{DISEASE_CLASSES[target][:4]} draw {draw + 1}", x_cf, (-1, 1)))
+            truth = scm.true_counterfactual(pa, test.u[index], {"disease": target}, resolution)[0]
+            rows.append((f"true {DISEASE_CLASSES[target][:4]}", truth, (-1, 1)))
+    draw_sheet(plt, rows, ["healthy"] * count, path)
+
+
+def draw_sheet(plt, rows, titles, path):
+    count = len(titles)
     fig, axes = plt.subplots(len(rows), count, figsize=(1.6 * count, 1.6 * len(rows)))
-    for r, (name, images) in enumerate(rows):
+    for r, (name, images, (low, high)) in enumerate(rows):
         for c in range(count):
-            axes[r, c].imshow(images[c, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
+            axes[r, c].imshow(images[c, 0].numpy(), cmap="gray", vmin=low, vmax=high)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if c == 0:
-                axes[r, c].set_ylabel(name, fontsize=8)
+                axes[r, c].set_ylabel(name, fontsize=7)
             if r == 0:
-                axes[r, c].set_title(DISEASE_CLASSES[int(pa["disease"][c])], fontsize=8)
+                axes[r, c].set_title(titles[c], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -140,12 +215,35 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--out", default="var/runs/phantom-check")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--steps",
+        default="",
+        help="fixed step counts instead of the budget, e.g. hvae=3000,counterfactual=1000 (comparisons on a shared "
+        "machine then train the same amount whatever the load)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a preset field for this run (JSON value), e.g. --set lesion_latent=16",
+    )
+    parser.add_argument("--score-only", action="store_true", help="score the checkpoints already in --out")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    if args.steps:
+        steps = {k: int(v) for k, v in (part.split("=") for part in args.steps.split(","))}
+        budget = None
+    else:
+        steps, budget = {"hvae": 100000, "counterfactual": 100000}, args.budget
     config = RunConfig(
-        preset=args.preset, seed=args.seed, time_budget_s=args.budget, steps={"hvae": 100000, "counterfactual": 100000}
+        preset=args.preset, seed=args.seed, time_budget_s=budget, steps=steps, preset_overrides=overrides
     )
     resolution = config.resolved_preset().resolution
     scm = PhantomSCM(MIMIC_GRAPH)
@@ -163,22 +261,27 @@ def main():
             last[stage] = time.time()
             print(f"[{time.time() - started:6.0f}s] {stage} {fraction:.0%} {message}", flush=True)
 
-    summary = train(config, splits, out, progress=progress, resume=args.resume)
+    summary = train(config, splits, out, progress=progress, resume=args.resume or args.score_only)
     training_seconds = time.time() - started
     classifier = evaluation_classifier(splits["train"])
     with torch.no_grad():
         classifier_accuracy = (classifier(test.x).argmax(-1) == test.pa["disease"]).float().mean().item()
     report = {
         "training_seconds": training_seconds,
-        "stages": summary["stages"],
+        "stages": {k: {m: v for m, v in metrics.items() if m != "history"} for k, metrics in summary["stages"].items()},
+        "overrides": overrides,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
         "evaluation_classifier_accuracy_on_real": classifier_accuracy,
     }
     for stage in ("hvae", "counterfactual"):
         model = load_model(out / f"{stage}.pt", device="cpu")
         report[f"after_{stage}"] = score(model, scm, test, classifier, resolution)
+        report[f"headline_{stage}"] = headline(report[f"after_{stage}"])
         contact_sheet(model, test, scm, resolution, out / f"contact_sheet_{stage}.png")
-    (out / "phantom_check.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+        addition_sheet(model, test, scm, resolution, out / f"additions_{stage}.png")
+    (out / "phantom_check.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("headline") or k == "stages"}, indent=2))
 
 
 if __name__ == "__main__":

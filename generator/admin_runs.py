@@ -41,7 +41,18 @@ def pretty_json(value):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "stage", "variant", "preset", "dataset", "seed", "job_link", "updated_at")
+    list_display = (
+        "name",
+        "status",
+        "stage",
+        "training",
+        "variant",
+        "preset",
+        "dataset",
+        "seed",
+        "job_link",
+        "updated_at",
+    )
     list_filter = ("status", "variant", "preset", "dataset")
     search_fields = ("name", "code_version")
     readonly_fields = (
@@ -55,6 +66,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         "stage",
         "job_link",
         "error",
+        "training",
         "metrics_table",
         "checkpoint_list",
         "history_summary",
@@ -65,7 +77,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     )
     fieldsets = (
         (None, {"fields": ("name", "dataset", "variant", "preset", "seed", "code_version")}),
-        ("State", {"fields": ("status", "stage", "job_link", "error", "created_at", "updated_at")}),
+        ("State", {"fields": ("status", "stage", "training", "job_link", "error", "created_at", "updated_at")}),
         ("Results", {"fields": ("metrics_table", "checkpoint_list", "history_summary")}),
         ("Raw", {"classes": ("collapse",), "fields": ("config_json", "metrics_json")}),
     )
@@ -132,18 +144,34 @@ class TrainingRunAdmin(admin.ModelAdmin):
         url = reverse("admin:studyplatform_job_change", args=[run.job_id])
         return format_html('<a href="{}">{} ({:.0f}%)</a>', url, run.job.status, run.job.progress)
 
+    @admin.display(description="training")
+    def training(self, run):
+        """Steps reached per stage, and in plain words when a budget left the run under-trained."""
+        if run.under_trained:
+            return format_html('<strong style="color:#ba2121">{}</strong>', run.training_warning)
+        if run.status == TrainingRun.Status.SUCCEEDED:
+            return "complete"
+        return "-"
+
     @admin.display(description="metrics")
     def metrics_table(self, run):
         rows = services.metrics_rows(run)
         if not rows:
             return "not evaluated yet (manage.py evaluate_generator)"
+        warnings = [
+            (label, warning)
+            for label, result in sorted(run.metrics.items())
+            if isinstance(result, dict)
+            for warning in (result.get("judgement") or {}).get("warnings", [])
+        ]
+        notes = format_html_join("", '<p style="color:#ba2121"><strong>{}: {}</strong></p>', warnings)
         header = format_html_join("", "<th>{}</th>", ((column,) for column in rows[0]))
         body = format_html_join(
             "",
             "<tr>{}</tr>",
             ((format_html_join("", "<td>{}</td>", ((value,) for value in row.values())),) for row in rows),
         )
-        return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", header, body)
+        return format_html("{}<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", notes, header, body)
 
     @admin.display(description="checkpoints")
     def checkpoint_list(self, run):

@@ -2,6 +2,8 @@ import uuid
 
 from django.db import models
 
+from generator.training.budget import describe_under_training
+
 
 class Dataset(models.Model):
     """A registered data set: where it lives, how it is read, and what it contains."""
@@ -57,6 +59,11 @@ class TrainingRun(models.Model):
     history = models.JSONField(default=dict, blank=True, help_text="loss curves per stage")
     checkpoints = models.JSONField(default=dict, blank=True, help_text="stage/round -> checkpoint path")
     metrics = models.JSONField(default=dict, blank=True, help_text="evaluation results")
+    under_trained = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="stages a time budget stopped below half their planned steps: stage -> steps reached and planned",
+    )
     error = models.TextField(blank=True)
     job = models.ForeignKey("studyplatform.Job", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -67,3 +74,8 @@ class TrainingRun(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.variant}, {self.preset})"
+
+    @property
+    def training_warning(self):
+        """Plain words when the run is under-trained, else ""."""
+        return describe_under_training(self.under_trained)

@@ -24,6 +24,7 @@ from generator.models import Dataset, TrainingRun
 from generator.training import pipeline
 from generator.training.checkpoint import code_version, read_manifest
 from generator.training.presets import get_preset
+from generator.training.trainer import apply_thread_policy
 
 # A stored loss curve keeps at most this many points per stage (paper-192 logs tens of thousands).
 HISTORY_POINTS = 500
@@ -118,6 +119,8 @@ def stage_plan(run):
     if run.variant != TrainingRun.Variant.BASELINE:
         plan.append("expert")
     plan += list(pipeline.STAGES)
+    if (run.config or {}).get("preset", {}).get("select_final"):
+        plan.append("selection")
     if run.variant == TrainingRun.Variant.EXPERT_AL:
         plan.append("active-learning")
     return plan
@@ -169,6 +172,8 @@ def is_main_process():
 
 def _train(run, out_dir, progress, resume):
     progress = progress or (lambda stage, fraction, message="": None)
+    threads = apply_thread_policy()
+    progress("data", 0.0, f"{threads} torch thread(s), load {os.getloadavg()[0]:.1f}")
     progress("data", 0.0, f"loading data set {run.dataset.name}")
     config = pipeline.RunConfig.from_dict(run.config["run"])
     splits = load_run_splits(run.dataset, config.resolved_preset().resolution)
@@ -225,6 +230,7 @@ def _finish_succeeded(run, out_dir, summary):
         stage="done",
         code_version=read_manifest(out_dir).get("code_version", run.code_version),
         history=_jsonable({**history, "summary": extra}),
+        under_trained=_jsonable(summary.get("under_trained", {})),
         checkpoints=checkpoints,
         error="",
         updated_at=timezone.now(),

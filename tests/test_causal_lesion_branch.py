@@ -88,9 +88,9 @@ def top_features(hvae, pa, latents):
     seen = {}
     branch = hvae.lesion
 
-    def recording(h, branch_pa):
+    def recording(h, branch_pa, lesion_latents=None):
         seen["h"] = h
-        return branch(h, branch_pa)
+        return branch(h, branch_pa, lesion_latents)
 
     hvae.lesion = recording
     try:

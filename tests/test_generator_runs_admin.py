@@ -65,3 +65,16 @@ def test_run_pages_show_status_job_and_readable_metrics(admin_client, dataset):
     page = admin_client.get(reverse("admin:generator_trainingrun_change", args=[run.pk])).content.decode()
     assert "Baseline (shown)" in page and "0.800 [0.700, 0.900]" in page
     assert "/runs/shown/counterfactual.pt" in page and "free_energy 3.25" in page
+
+
+def test_run_page_shows_in_plain_words_when_the_evaluation_cannot_judge(admin_client, dataset):
+    run = services.create_training_run(dataset, "baseline", "test-32", name="unjudged")
+    judgement = {"warnings": ["NOT MEANINGFUL: judges at chance", "COUNTERFACTUALS IDENTICAL TO THEIR INPUTS: x"]}
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="succeeded",
+        stage="done",
+        checkpoints={"counterfactual": "/runs/u/counterfactual.pt", "final": "/runs/u/counterfactual.pt"},
+        metrics={"counterfactual": {"n": 6, "seed": 0, "judgement": judgement}},
+    )
+    page = admin_client.get(reverse("admin:generator_trainingrun_change", args=[run.pk])).content.decode()
+    assert "NOT MEANINGFUL: judges at chance" in page and "COUNTERFACTUALS IDENTICAL TO THEIR INPUTS" in page

@@ -46,20 +46,26 @@ class CounterfactualModel(nn.Module):
         self.hvae = hvae or ConditionalHVAE(preset, graph)
 
     def abduct(self, x, pa, samples=1, generator=None):
-        """With one sample the posterior means are used (a deterministic answer); with more, posterior draws."""
+        """With one sample the posterior means are used (a deterministic answer); with more, posterior draws.
+
+        With a lesion latent (see generator.causal.hvae) the anatomy always takes the posterior means, and the draws
+        differ in the lesion codes only: the seen lesion's code from its posterior, every other disease's code from
+        the prior. An addition is then one sample of the counterfactual distribution per draw, reproducible from the
+        generator's seed."""
         return Abducted(
             x=x,
             pa=pa,
-            parent_noise=self.parent_model.abduct(pa, generator),
+            parent_noise=self.parent_model.abduct(pa, generator, self.parent_model.dependent_nodes()),
             image_noise=[self.hvae.abduct(x, pa, sample=samples > 1, generator=generator) for _ in range(samples)],
         )
 
     def intervene(self, abducted, do):
-        return self.parent_model.intervene(abducted.parent_noise, do)
+        return self.parent_model.intervene(abducted.parent_noise, do, observed=abducted.pa)
 
     def predict(self, abducted, pa_cf):
         draws = torch.stack([self.hvae.predict(noise, pa_cf) for noise in abducted.image_noise])
-        x_cf = draws.mean(0)
+        # the mean change added to x (not the mean of the draws): a pixel no draw changes stays exactly as it was
+        x_cf = abducted.x + (draws - abducted.x).mean(0)
         uncertainty = draws.std(0, unbiased=False) if draws.shape[0] > 1 else torch.zeros_like(x_cf)
         return Counterfactual(x_cf=x_cf, pa_cf=pa_cf, effect=x_cf - abducted.x, uncertainty=uncertainty)
 

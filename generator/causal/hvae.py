@@ -29,49 +29,103 @@ from generator.data.graph import CONTINUOUS
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 0.0
 BIN_HALF_WIDTH = 1.0 / 255.0
+LESION_SEED_SIZE = 8  # side of the spatial seed a lesion code is mapped to, and of the pooled posterior input
+LESION_HIDDEN = 128  # hidden width of the lesion posterior
+LESION_SUPPORT_INIT = 0.02  # starting bias of a rectified lesion map: small, but above zero so gradients flow
 
 
 @dataclass
 class Abduction:
-    """Exogenous noise of an image: latents per stochastic block and the standardised pixel residual."""
+    """Exogenous noise of an image: latents per stochastic block, the standardised pixel residual and, with a lesion
+    latent, one lesion code per disease class ([N, classes, d]: the lesion seen in the image for its own class, prior
+    draws for the others).
+
+    `x`, `mean` and `log_sigma` are the factual image and the decoder's pixel distribution for it: prediction adds the
+    change of the distribution to `x` itself, so a pixel whose mean and scale do not change keeps its value exactly.
+    """
 
     latents: list
     pixel_noise: torch.Tensor
+    lesion_latents: torch.Tensor | None = None
+    x: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    log_sigma: torch.Tensor | None = None
 
 
 class ResBlock(nn.Module):
-    """Two 3x3 convolutions on a residual path, modulated by the parents when an embedding is given."""
+    """A residual block modulated by the parents when an embedding is given.
 
-    def __init__(self, width, embedding=0, scale_last=1.0):
+    Plain: two 3x3 convolutions at full width. Bottleneck (VDVAE's block, used by `paper-192`): 1x1 down to a quarter
+    of the width, two 3x3 there, 1x1 back up; at the paper's widths about a tenth of the parameters and compute.
+    """
+
+    def __init__(self, width, embedding=0, scale_last=1.0, bottleneck=False):
         super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bottleneck = bottleneck
+        if bottleneck:
+            mid = bottleneck_width(width)
+            self.conv1 = nn.Conv2d(width, mid, 1)
+            self.middle = nn.Sequential(
+                nn.Conv2d(mid, mid, 3, padding=1), nn.GELU(), nn.Conv2d(mid, mid, 3, padding=1), nn.GELU()
+            )
+            self.conv2 = nn.Conv2d(mid, width, 1)
+        else:
+            mid = width
+            self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+            self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         with torch.no_grad():
             self.conv2.weight.mul_(scale_last)
-        self.film = nn.Linear(embedding, 2 * width) if embedding else None
+        self.film = nn.Linear(embedding, 2 * mid) if embedding else None
 
     def forward(self, h, pa_embedding=None):
         r = self.conv1(F.gelu(h))
         if self.film is not None:
             scale, shift = self.film(pa_embedding)[:, :, None, None].chunk(2, dim=1)
             r = r * (1 + scale) + shift
-        return h + self.conv2(F.gelu(r))
+        r = F.gelu(r)
+        if self.bottleneck:
+            r = self.middle(r)
+        return h + self.conv2(r)
+
+
+def bottleneck_width(width):
+    return max(width // 4, 1)
+
+
+def conv_stack(c_in, c_out, width, bottleneck):
+    """One 3x3 convolution, or VDVAE's bottleneck stack (1x1, 3x3, 3x3, 1x1 at a quarter of the block `width`)."""
+    if not bottleneck:
+        return nn.Conv2d(c_in, c_out, 3, padding=1)
+    mid = bottleneck_width(width)
+    return nn.Sequential(
+        nn.Conv2d(c_in, mid, 1),
+        nn.GELU(),
+        nn.Conv2d(mid, mid, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(mid, mid, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(mid, c_out, 1),
+    )
+
+
+def last_conv(layer):
+    return layer[-1] if isinstance(layer, nn.Sequential) else layer
 
 
 class StochasticBlock(nn.Module):
     """Prior and posterior of one latent layer, then a parent-modulated residual block."""
 
-    def __init__(self, width, z_channels, embedding, scale_last):
+    def __init__(self, width, z_channels, embedding, scale_last, bottleneck=False):
         super().__init__()
         self.z_channels = z_channels
-        self.prior = nn.Conv2d(width, 2 * z_channels + width, 3, padding=1)
-        self.posterior = nn.Conv2d(2 * width, 2 * z_channels, 3, padding=1)
+        self.prior = conv_stack(width, 2 * z_channels + width, width, bottleneck)
+        self.posterior = conv_stack(2 * width, 2 * z_channels, width, bottleneck)
         self.z_proj = nn.Conv2d(z_channels, width, 1)
         with torch.no_grad():
-            self.prior.weight[2 * z_channels :].zero_()
-            self.prior.bias.zero_()
+            last_conv(self.prior).weight[2 * z_channels :].zero_()
+            last_conv(self.prior).bias.zero_()
             self.z_proj.weight.mul_(scale_last)
-        self.res = ResBlock(width, embedding, scale_last)
+        self.res = ResBlock(width, embedding, scale_last, bottleneck)
 
     def forward(self, h, pa_embedding, encoded=None, z=None, sample=True, generator=None, temperature=1.0):
         prior_stats = self.prior(F.gelu(h))
@@ -126,6 +180,7 @@ class ConditionalHVAE(nn.Module):
         embedding = preset.parent_embedding
         total_blocks = sum(preset.blocks)
         scale_last = (1.0 / total_blocks) ** 0.5  # keeps the residual stream's variance flat with depth
+        bottleneck = bool(preset.bottleneck)
 
         self.lesion_node = preset.lesion_node if preset.lesion_blocks else None
         if self.lesion_node is not None and self.lesion_node not in graph.names:
@@ -152,7 +207,7 @@ class ConditionalHVAE(nn.Module):
         self.encoder_resize = nn.ModuleDict()
         for res in reversed(self.trunk_resolutions):
             self.encoder_blocks[str(res)] = nn.ModuleList(
-                ResBlock(widths[res], scale_last=scale_last) for _ in range(blocks[res])
+                ResBlock(widths[res], scale_last=scale_last, bottleneck=bottleneck) for _ in range(blocks[res])
             )
         for higher, lower in zip(reversed(self.trunk_resolutions[1:]), reversed(self.trunk_resolutions[:-1])):
             self.encoder_resize[str(lower)] = nn.Conv2d(widths[higher], widths[lower], 1)
@@ -168,12 +223,16 @@ class ConditionalHVAE(nn.Module):
             self.decoder_parent[str(res)] = nn.Linear(embedding, widths[res])
             if res in self.latent_resolutions:
                 layers = [
-                    StochasticBlock(widths[res], preset.z_channels, embedding, scale_last) for _ in range(blocks[res])
+                    StochasticBlock(widths[res], preset.z_channels, embedding, scale_last, bottleneck)
+                    for _ in range(blocks[res])
                 ]
             else:
-                layers = [ResBlock(widths[res], embedding, scale_last) for _ in range(blocks[res])]
+                layers = [ResBlock(widths[res], embedding, scale_last, bottleneck) for _ in range(blocks[res])]
             self.decoder_blocks[str(res)] = nn.ModuleList(layers)
         self.output = self.output_head(widths[top])
+        self.lesion_latent_dim = preset.lesion_latent if self.lesion_node is not None else 0
+        self.lesion_support = bool(preset.lesion_support) and self.lesion_node is not None
+        self.lesion_free_bits = float(preset.lesion_free_bits)
         if self.lesion_node is not None:
             self.lesion_parent_net = parent_mlp(encoded_width(graph, graph.names), embedding)
             self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
@@ -184,9 +243,30 @@ class ConditionalHVAE(nn.Module):
             # is a smooth opacity, and the free 2x2 sub-pixels of a patch-unfolding head let counterfactual training
             # paint checkerboard patterns that convince a classifier without being a lesion
             self.lesion_output = nn.Conv2d(widths[top], 1, 3, padding=1)
-            with torch.no_grad():  # the branch starts by drawing nothing
-                for parameter in self.lesion_output.parameters():
+            with torch.no_grad():  # the branch starts by drawing nothing (with a support gate: a faint even veil,
+                for parameter in self.lesion_output.parameters():  # so that the rectifier passes a gradient)
                     parameter.zero_()
+                if self.lesion_support:
+                    self.lesion_output.bias.fill_(LESION_SUPPORT_INIT)
+        if self.lesion_latent_dim:
+            self.lesion_classes = graph[self.lesion_node].cardinality - 1
+            # q(z_L | x, disease): read from the encoder at the finest resolution up to 16 px, pooled to at most 8 px
+            # and flattened, so the code can say WHERE the lesion is (side, lobe) as well as how it looks
+            self.lesion_posterior_resolution = max(r for r in self.trunk_resolutions if r <= 16)
+            pooled = min(self.lesion_posterior_resolution, LESION_SEED_SIZE)
+            features = widths[self.lesion_posterior_resolution] * pooled * pooled
+            self.lesion_posterior = nn.Sequential(
+                nn.Linear(features, LESION_HIDDEN),
+                nn.GELU(),
+                nn.Linear(LESION_HIDDEN, self.lesion_classes * 2 * self.lesion_latent_dim),
+            )
+            with torch.no_grad():  # the posterior starts at the prior
+                self.lesion_posterior[-1].weight.mul_(0.1)
+                self.lesion_posterior[-1].bias.zero_()
+            # z_L -> a coarse spatial seed added to the branch's input: the code places the lesion on the anatomy
+            self.lesion_seed = nn.Linear(
+                self.lesion_classes * self.lesion_latent_dim, widths[top] * LESION_SEED_SIZE * LESION_SEED_SIZE
+            )
 
     def output_head(self, width, channels=2):
         """Pixel maps (mean and log-sigma by default) from the top features, unfolding 2x2 patches when the trunk
@@ -200,18 +280,61 @@ class ConditionalHVAE(nn.Module):
     def embed_parents(self, pa):
         return self.parent_net(encode_parents(self.graph, pa, self.trunk_parents))
 
-    def lesion(self, h, pa):
-        """The lesion branch's additive pixel-mean map; zero wherever the lesion node is in category 0."""
+    def disease_slots(self, pa):
+        """[N, classes] one-hot of the lesion node without category 0: which lesion code an image's lesion uses."""
+        return F.one_hot(pa[self.lesion_node].long(), self.lesion_classes + 1)[:, 1:].float()
+
+    def lesion(self, h, pa, lesion_latents=None):
+        """The lesion branch's additive pixel-mean map; zero wherever the lesion node is in category 0.
+
+        With a lesion latent, the code of the image's own disease class (`lesion_latents[:, k - 1]`) shapes the map;
+        with a support gate the map is rectified: an opacity only adds attenuation, and it is exactly zero outside
+        the lesion, so a counterfactual keeps every pixel there.
+        """
         embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
         r = self.lesion_input(F.gelu(h))
+        if self.lesion_latent_dim:
+            chosen = lesion_latents * self.disease_slots(pa).to(r.dtype)[:, :, None]
+            seed = self.lesion_seed(chosen.flatten(1)).view(len(r), r.shape[1], LESION_SEED_SIZE, LESION_SEED_SIZE)
+            r = r + F.interpolate(seed, size=r.shape[-2:], mode="bilinear", align_corners=False)
         for block in self.lesion_blocks:
             r = block(r, embedding)
         present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
         lesion = self.lesion_output(F.gelu(r))
+        if self.lesion_support:
+            lesion = F.relu(lesion)
         if lesion.shape[-1] != self.resolution:
             size = (self.resolution, self.resolution)
             lesion = F.interpolate(lesion, size=size, mode="bilinear", align_corners=False)
         return lesion * present
+
+    def lesion_posterior_stats(self, activations, pa):
+        """Mean and log-std [N, d] of q(z_L | x) for each image's own disease class (zeros for no finding)."""
+        h = activations[self.lesion_posterior_resolution]
+        h = F.adaptive_avg_pool2d(F.gelu(h), min(h.shape[-1], LESION_SEED_SIZE))
+        stats = self.lesion_posterior(h.flatten(1)).view(len(h), self.lesion_classes, 2, self.lesion_latent_dim)
+        slots = self.disease_slots(pa).to(stats.dtype)[:, :, None, None]
+        mean, logstd = (stats * slots).sum(1).unbind(1)
+        return mean, logstd.clamp(-7.0, 2.0)
+
+    def prior_lesion_latents(self, n, device, generator=None, dtype=torch.float32):
+        shape = (n, self.lesion_classes, self.lesion_latent_dim)
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def infer_lesion_latents(self, activations, pa, sample=True, generator=None):
+        """z_L for a batch: the image's own class from the posterior (a draw, or its mean), every other class from the
+        N(0, I) prior; and the KL per image in nats (zero for no finding, whose posterior is the prior)."""
+        mean, logstd = self.lesion_posterior_stats(activations, pa)
+        latents = self.prior_lesion_latents(len(mean), mean.device, generator, mean.dtype)
+        slots = self.disease_slots(pa).to(mean.dtype)
+        own = mean
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            own = mean + torch.exp(logstd) * noise
+        latents = latents * (1 - slots[:, :, None]) + own[:, None, :] * slots[:, :, None]
+        present = slots.sum(1)
+        kl = (0.5 * (mean**2 + torch.exp(2 * logstd)) - logstd - 0.5).sum(1) * present
+        return latents, kl
 
     def encode(self, x):
         """Bottom-up activations at every latent resolution."""
@@ -225,9 +348,23 @@ class ConditionalHVAE(nn.Module):
             activations[res] = h
         return activations
 
-    def decode(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
+    def decode(
+        self,
+        pa,
+        activations=None,
+        latents=None,
+        sample=True,
+        generator=None,
+        temperature=1.0,
+        lesion_latents=None,
+        lesion_sample=None,
+    ):
         """Run the decoder. Returns a dict: pixel `mean` and `log_sigma`, the `latents` used, the `kls` per latent
-        layer, and with a lesion branch its map (`lesion`) and the trunk's mean without it (`anatomy`)."""
+        layer, and with a lesion branch its map (`lesion`) and the trunk's mean without it (`anatomy`); with a lesion
+        latent also `lesion_latents` and `lesion_kl` (nats per image; zero unless inferred from `activations`).
+
+        `lesion_sample` (default: `sample`) says whether the image's own lesion code is a posterior draw or the mean.
+        """
         embedding = self.embed_parents(pa)
         n = embedding.shape[0]
         h = self.top_state.expand(n, -1, -1, -1)
@@ -248,7 +385,14 @@ class ConditionalHVAE(nn.Module):
                 else:
                     h = block(h, embedding)
         anatomy, log_sigma = self.output(F.gelu(h)).chunk(2, dim=1)
-        lesion = self.lesion(h, pa) if self.lesion_node is not None else None
+        lesion_kl = torch.zeros(n, device=h.device, dtype=h.dtype)
+        if self.lesion_latent_dim and lesion_latents is None:
+            if activations is not None:
+                own_sample = sample if lesion_sample is None else lesion_sample
+                lesion_latents, lesion_kl = self.infer_lesion_latents(activations, pa, own_sample, generator)
+            else:
+                lesion_latents = self.prior_lesion_latents(n, h.device, generator, h.dtype) * temperature
+        lesion = self.lesion(h, pa, lesion_latents) if self.lesion_node is not None else None
         mean = anatomy + lesion if lesion is not None else anatomy
         return {
             "mean": mean,
@@ -257,6 +401,8 @@ class ConditionalHVAE(nn.Module):
             "kls": kls,
             "anatomy": anatomy,
             "lesion": lesion,
+            "lesion_latents": lesion_latents,
+            "lesion_kl": lesion_kl,
         }
 
     def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
@@ -267,19 +413,38 @@ class ConditionalHVAE(nn.Module):
     # --- training objective ----------------------------------------------------------------------------------------
 
     def elbo(self, x, pa, generator=None):
-        """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents."""
+        """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents.
+
+        `objective` is what training minimises: the free energy, except that with `lesion_free_bits` the lesion
+        code's KL counts as at least that many nats on a diseased image (so the code is used, not ignored).
+        """
         decoded = self.decode(pa, self.encode(x), sample=True, generator=generator)
         mean, log_sigma, latents, kls = (decoded[k] for k in ("mean", "log_sigma", "latents", "kls"))
         dims = x[0].numel()
         nll = -discretised_gaussian_log_likelihood(x, mean, log_sigma).flatten(1).sum(1) / dims
-        kl = sum(k.flatten(1).sum(1) for k in kls) / dims
+        lesion_kl = decoded["lesion_kl"]
+        kl = (sum(k.flatten(1).sum(1) for k in kls) + lesion_kl) / dims
+        objective = nll + kl
+        if self.lesion_latent_dim and self.lesion_free_bits > 0:
+            present = (pa[self.lesion_node] != 0).to(lesion_kl.dtype)
+            floor = (lesion_kl.clamp(min=self.lesion_free_bits) - lesion_kl) * present
+            objective = objective + floor / dims
         # the sampled latents and the residual under them are a posterior draw of the exogenous noise: counterfactual
         # training makes its counterfactuals from them, so the ELBO and the predictors judge the same draw
-        abduction = Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
+        abduction = Abduction(
+            latents=latents,
+            pixel_noise=(x - mean) * torch.exp(-log_sigma),
+            lesion_latents=decoded["lesion_latents"],
+            x=x,
+            mean=mean,
+            log_sigma=log_sigma,
+        )
         return {
             "free_energy": nll + kl,
+            "objective": objective,
             "nll": nll,
             "kl": kl,
+            "lesion_kl": lesion_kl,
             "latents": latents,
             "abduction": abduction,
             "anatomy": decoded["anatomy"],
@@ -289,20 +454,47 @@ class ConditionalHVAE(nn.Module):
     # --- counterfactual inference ----------------------------------------------------------------------------------
 
     def abduct(self, x, pa, sample=False, generator=None):
-        """Posterior latents (mean, or a sample) and the pixel noise that makes the decoder reproduce x exactly."""
-        mean, log_sigma, latents, _ = self.top_down(pa, self.encode(x), sample=sample, generator=generator)
-        return Abduction(latents=latents, pixel_noise=(x - mean) * torch.exp(-log_sigma))
+        """The exogenous noise of x: posterior latents (means, or a draw), the pixel noise that makes the decoder
+        reproduce x exactly and, with a lesion latent, the lesion codes.
+
+        With a lesion latent the anatomy's latents are always the posterior means, and `sample` draws only the code
+        of the lesion seen in the image: several abductions then differ in the lesion alone, never outside it. The
+        codes of the other disease classes, which a factual image cannot reveal, are prior draws from `generator`.
+        """
+        trunk_sample = sample and not self.lesion_latent_dim
+        decoded = self.decode(pa, self.encode(x), sample=trunk_sample, generator=generator, lesion_sample=bool(sample))
+        mean, log_sigma = decoded["mean"], decoded["log_sigma"]
+        return Abduction(
+            latents=decoded["latents"],
+            pixel_noise=(x - mean) * torch.exp(-log_sigma),
+            lesion_latents=decoded["lesion_latents"],
+            x=x,
+            mean=mean,
+            log_sigma=log_sigma,
+        )
 
     def predict(self, abduction, pa, with_lesion=False):
-        """The image the abducted noise gives under parents `pa`; with `with_lesion`, also the branch's map."""
-        decoded = self.decode(pa, latents=abduction.latents)
-        x = (decoded["mean"] + torch.exp(decoded["log_sigma"]) * abduction.pixel_noise).clamp(-1.0, 1.0)
+        """The image the abducted noise gives under parents `pa`; with `with_lesion`, also the branch's map.
+
+        x_cf = mean_cf + sigma_cf * noise, computed as x + (mean_cf - mean) + (sigma_cf - sigma) * noise when the
+        abduction holds the factual image: the same number, but a pixel whose distribution does not change is
+        returned bit for bit.
+        """
+        decoded = self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
+        sigma_cf = torch.exp(decoded["log_sigma"])
+        if abduction.x is not None:
+            change = (decoded["mean"] - abduction.mean) + (sigma_cf - torch.exp(abduction.log_sigma)) * (
+                abduction.pixel_noise
+            )
+            x = (abduction.x + change).clamp(-1.0, 1.0)
+        else:
+            x = (decoded["mean"] + sigma_cf * abduction.pixel_noise).clamp(-1.0, 1.0)
         return (x, decoded["lesion"]) if with_lesion else x
 
     def reconstruct(self, x, pa):
         """Decoder mean from the posterior-mean latents (no pixel noise): what the latents and parents explain."""
-        mean, _, _, _ = self.top_down(pa, self.encode(x), sample=False)
-        return mean.clamp(-1.0, 1.0)
+        out = self.decode(pa, self.encode(x), sample=False)
+        return out["mean"].clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def sample(self, pa, generator=None, temperature=1.0):

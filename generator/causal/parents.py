@@ -188,24 +188,39 @@ class ParentModel(nn.Module):
         return self.intervene(noise, {})
 
     @torch.no_grad()
-    def abduct(self, pa, generator=None):
-        """Exogenous noise of every node given observed values (exact for flows and for Gumbel-max)."""
-        return {n: self.mechanisms[n].abduct(pa[n], pa, generator) for n in self.graph.names}
+    def abduct(self, pa, generator=None, nodes=None):
+        """Exogenous noise of every node (or of `nodes`) given observed values (exact for flows and Gumbel-max)."""
+        names = self.graph.names if nodes is None else [n for n in self.graph.names if n in set(nodes)]
+        return {n: self.mechanisms[n].abduct(pa[n], pa, generator) for n in names}
+
+    def dependent_nodes(self):
+        """Nodes with parents: the only ones an intervention can change without setting them, so the only ones whose
+        noise a counterfactual needs."""
+        return [node.name for node in self.graph.nodes if node.parents]
 
     @torch.no_grad()
-    def intervene(self, noise, do):
-        """Counterfactual values: intervened nodes are set, all others recomputed from their (new) parents."""
-        n = next(iter(noise.values())).shape[0]
-        out = {}
+    def intervene(self, noise, do, observed=None):
+        """Counterfactual values: intervened nodes are set, their descendants recomputed from their (new) parents.
+
+        With `observed` (the factual values), every node that no intervention reaches keeps its observed value
+        exactly, and needs no noise: do(disease) then costs nothing for age or white-cell count, and returns them
+        bit for bit. Without it, every node is recomputed from `noise` (sampling from the model)."""
+        n = len(next(iter(observed.values() if observed is not None else noise.values())))
+        device = next(self.parameters()).device
+        out, changed = {}, set()
         for node in self.graph.nodes:
             if node.name in do:
-                out[node.name] = as_batch(do[node.name], n, node, noise[node.name].device)
+                out[node.name] = as_batch(do[node.name], n, node, device)
+                changed.add(node.name)
+            elif observed is not None and not changed.intersection(node.parents):
+                out[node.name] = observed[node.name]
             else:
                 out[node.name] = self.mechanisms[node.name].mechanism(noise[node.name], out)
+                changed.add(node.name)
         return out
 
     def counterfactual(self, pa, do, generator=None):
-        return self.intervene(self.abduct(pa, generator), do)
+        return self.intervene(self.abduct(pa, generator, self.dependent_nodes()), do, observed=pa)
 
 
 def as_batch(value, n, node, device):

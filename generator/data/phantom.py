@@ -62,6 +62,11 @@ LOBES = (
     ("left lower", 1, 0.08, 0.86),
 )
 EFFUSION_SIDES = ("right", "left", "bilateral")
+# The exogenous noise of each lesion: invisible in an image without that lesion.
+LESION_NOISE = {
+    "effusion": ("effusion_side", "effusion_level", "effusion_meniscus"),
+    "pneumonia": ("pneumonia_lobe", "pneumonia_offset", "pneumonia_extent", "pneumonia_texture"),
+}
 
 
 class Exogenous:
@@ -258,6 +263,30 @@ class PhantomSCM:
             after = self.render({**_take(pa_cf, index), "disease": healthy}, u[index], resolution)[0]
             region[index] |= before != after
         return region
+
+    def plausible_zone(self, pa, u, disease, resolution, draws=64, rng=None):
+        """Where a lesion of class `disease` could lie in these patients: bool [N, 1, H, W].
+
+        The union of the lesion's masks over `draws` fresh draws of its own exogenous noise (effusion side, level
+        and meniscus; pneumonia lobe, offset, extent and texture), the anatomy and everything else kept. An addition
+        do(disease := k) to a healthy image cannot know which lesion the patient would have had, but a plausible one
+        lies inside this zone.
+        """
+        if disease not in LESIONS:
+            raise ValueError(f"plausible_zone needs a lesion class {sorted(LESIONS)}, got {disease!r}")
+        name = LESIONS[disease]
+        rng = _rng(rng)
+        n = len(pa["disease"])
+        zone = torch.zeros(n, 1, resolution, resolution, dtype=torch.bool)
+        if n == 0:
+            return zone
+        for _ in range(draws):
+            fresh = self.sample(n, rng)[1]
+            fields = dict(u.fields)
+            for key in LESION_NOISE[name]:
+                fields[key] = fresh[key]
+            zone |= self._render_batched(pa, Exogenous(fields), resolution)[1][name]
+        return zone
 
     # ------------------------------------------------------------------------------------------- the image
     def render(self, pa, u, resolution):

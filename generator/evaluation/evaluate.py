@@ -369,9 +369,57 @@ def evaluate_model(
             localisation, error = phantom_figures(phantom_scm, images, disease_cfs, classes, seed, n_boot)
             results["effect_localisation"] = localisation
             results["true_counterfactual_error"] = error
+        results["judgement"] = judgement(results, images, disease_cfs)
     if progress is not None:
         progress(1.0, "evaluation done")
     return results
+
+
+# A mean |x_cf - x| below this (on the [-1, 1] scale: a tenth of one 8-bit grey level) means nothing changed.
+IDENTICAL_FLOOR = 1e-3
+# A judge is "clearly better than chance" when its AUROC on real images is at least this and its 95% interval lies
+# above 0.5.
+MEANINGFUL_AUROC = 0.6
+
+
+def judgement(results, images, disease_cfs):
+    """Can these figures judge the model at all? The judges' own accuracy on real images, and whether the
+    counterfactuals changed anything; `warnings` says in plain words what is not meaningful."""
+    disease = images.pa[DISEASE]
+    changes = [
+        (x_cf - images.x)[disease != k].abs().mean().item()
+        for k, x_cf in enumerate(disease_cfs)
+        if (disease != k).any()
+    ]
+    mean_change = float(sum(changes) / len(changes)) if changes else 0.0
+    judge = (results["predictors_on_observations"].get("evaluation_predictors") or {}).get(DISEASE) or {}
+    auroc = judge.get("auroc")
+    low = auroc["ci95"][0] if auroc else None
+    meaningful = low is not None and low > 0.5 and auroc["mean"] >= MEANINGFUL_AUROC
+    warnings = []
+    if not meaningful:
+        shown = (
+            "not measured"
+            if auroc is None
+            else f"AUROC {auroc['mean']:.2f} [{auroc['ci95'][0]:.2f}, {auroc['ci95'][1]:.2f}]"
+        )
+        warnings.append(
+            f"NOT MEANINGFUL: the evaluation judges read the disease on real images no better than chance ({shown}, "
+            f"n {len(images)}); effectiveness figures cannot tell a good model from a bad one."
+        )
+    identical = mean_change < IDENTICAL_FLOOR
+    if identical:
+        warnings.append(
+            f"COUNTERFACTUALS IDENTICAL TO THEIR INPUTS: mean |x_cf - x| {mean_change:.2g} under do(disease) is below "
+            f"{IDENTICAL_FLOOR:g}; SSIM near 1 and FID near 0 then only say that nothing changed."
+        )
+    return {
+        "judge_auroc_on_real": auroc,
+        "judge_meaningful": bool(meaningful),
+        "mean_abs_change": mean_change,
+        "identical_to_inputs": bool(identical),
+        "warnings": warnings,
+    }
 
 
 @torch.no_grad()

@@ -139,6 +139,7 @@ def table_rows(results):
     rows = []
     for model_name, result in results.items():
         row = {"model": model_name, "seed": result.get("seed"), "n": result.get("n")}
+        row["judgement"] = result.get("judgement")
         for column in columns:
             summary = _lookup(result, column.path)
             mean, (low, high) = (summary["mean"], summary["ci95"]) if summary else (None, (None, None))
@@ -162,10 +163,27 @@ def _number(value):
     return f"{value:.3g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4f}"
 
 
+def judgement_lines(rows):
+    """What the figures can say, before the figures: the judges' accuracy on real images and every warning."""
+    lines = []
+    for row in rows:
+        judgement = row.get("judgement") or {}
+        auroc = judgement.get("judge_auroc_on_real")
+        if auroc:
+            lines.append(
+                f"- {row['model']}: evaluation judges on real images, disease AUROC "
+                f"{_format(auroc['mean'], *auroc['ci95'])}; mean |x_cf - x| under do(disease) "
+                f"{_number(judgement['mean_abs_change'])}"
+            )
+        lines += [f"- **{row['model']}: {warning}**" for warning in judgement.get("warnings", [])]
+    return lines + [""] if lines else []
+
+
 def markdown(rows, columns):
     """Table 1 (one row per model) and a second table with every further figure (one row per figure)."""
     main = [c for c in columns if c.name in TABLE1]
-    lines = ["| Model | " + " | ".join(c.label for c in main) + " |", "|---" * (len(main) + 1) + "|"]
+    lines = judgement_lines(rows)
+    lines += ["| Model | " + " | ".join(c.label for c in main) + " |", "|---" * (len(main) + 1) + "|"]
     for row in rows:
         cells = [_format(row[c.name], row[f"{c.name}_lo"], row[f"{c.name}_hi"]) for c in main]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
@@ -192,7 +210,7 @@ def write_report(results, out_dir, stem="generator_evaluation"):
         "markdown": os.path.join(out_dir, f"{stem}.md"),
     }
     with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=[k for k in rows[0] if k != "judgement"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     with open(paths["json"], "w") as handle:

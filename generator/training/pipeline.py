@@ -9,6 +9,7 @@ the seed, the graph and the code version.
     model = load_model(summary["checkpoint"])
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +20,7 @@ from generator.causal.counterfactual import CounterfactualModel
 from generator.causal.hvae import LatentAdversary
 from generator.causal.predictors import ParentPredictors
 from generator.data.graph import CONTINUOUS, CausalGraph
+from generator.training.budget import under_trained_stages
 from generator.training.checkpoint import atomic_save, code_version, load_checkpoint, read_manifest, record_stage
 from generator.training.counterfactual_stage import (
     AnatomyCritic,
@@ -27,6 +29,7 @@ from generator.training.counterfactual_stage import (
     measure_free_energy,
 )
 from generator.training.presets import Preset, get_preset
+from generator.training.selection import select_final
 from generator.training.trainer import (
     EMA,
     BatchSampler,
@@ -66,6 +69,8 @@ class RunConfig:
     # active learning: rounds, and the share of the training set added per round
     al_rounds: int = 3
     al_fraction: float = 0.1
+    # preset fields replaced for this run (e.g. {"lesion_latent": 16}); stored with the run like everything here
+    preset_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -77,6 +82,11 @@ class RunConfig:
 
     def resolved_preset(self):
         preset = get_preset(self.preset)
+        if self.preset_overrides:
+            preset = Preset.from_dict({**preset.to_dict(), **self.preset_overrides})
+            unknown = set(self.preset_overrides) - set(preset.to_dict())
+            if unknown:
+                raise ValueError(f"unknown preset fields in overrides: {sorted(unknown)}")
         for key in ("lagrange_lr", "lagrange_init", "lagrange_damping", "constraint_slack", "checkpoint_every"):
             if getattr(self, key) is not None:
                 setattr(preset, key, getattr(self, key))
@@ -238,7 +248,9 @@ class HVAETask(StageTask):
         confusion = self.adversary.confusion(out["latents"], pa)
         anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
         (
-            free_energy + self.preset.independence_weight * confusion + self.preset.anatomy_weight * anatomy_confusion
+            out["objective"].mean()
+            + self.preset.independence_weight * confusion
+            + self.preset.anatomy_weight * anatomy_confusion
         ).backward()
         norm, applied = clipped_step(self.optimizer, self.hvae.parameters(), self.preset, step, self.preset.lr)
 
@@ -254,6 +266,7 @@ class HVAETask(StageTask):
             "free_energy": free_energy.item(),
             "nll": out["nll"].mean().item(),
             "kl": out["kl"].mean().item(),
+            "lesion_kl": out["lesion_kl"].mean().item(),
             "confusion": confusion.item(),
             "adversary": adversary_loss.item(),
             "anatomy_confusion": anatomy_confusion.item(),
@@ -378,7 +391,7 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
         )
         if remaining_budget is not None:
             remaining_budget = max(0.0, remaining_budget - (time.monotonic() - started))
-        metrics = {**metrics, "steps": done}
+        metrics = {**metrics, "steps": done, "planned_steps": config.stage_steps(preset, stage)}
 
         payload = stage_payload(stage, task, model, predictors)
         if stage == "hvae":
@@ -403,7 +416,27 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
             progress(stage, 1.0, f"{stage} complete: " + describe(metrics))
 
     summary["checkpoint"] = summary["checkpoints"]["counterfactual"]
+    if preset.select_final and preset.lesion_node in graph.names:
+        final, scores = choose_final_checkpoint(summary["checkpoints"], valid_set, preset, config.seed, device)
+        summary["checkpoint"] = summary["checkpoints"][final]
+        summary["selection"] = {"final": final, "scores": scores}
+        if progress is not None:
+            progress("selection", 1.0, f"final model: {final} (" + describe(scores[final]) + ")")
+    summary["under_trained"] = under_trained_stages(summary["stages"])
+    summary["machine"] = machine_note()
     return summary
+
+
+def machine_note():
+    """Threads and load while training: throughput and budget cuts only make sense with them."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": [round(v, 2) for v in load]}
+
+
+def choose_final_checkpoint(checkpoints, valid_set, preset, seed, device):
+    """The stage ("hvae" or "counterfactual") whose model makes the better validation counterfactuals."""
+    candidates = {stage: load_model(checkpoints[stage], device=device) for stage in ("hvae", "counterfactual")}
+    return select_final(candidates, valid_set, preset.lesion_node, seed=seed)
 
 
 def describe(metrics):

@@ -21,6 +21,8 @@ class Preset:
     latent_resolutions: tuple  # subset of `resolutions` that carries stochastic latents
     z_channels: int = 16
     parent_embedding: int = 32
+    # VDVAE's bottleneck residual blocks (1x1, 3x3, 3x3, 1x1 at a quarter of the width) instead of two full-width 3x3
+    bottleneck: bool = False
     # additive lesion branch (see generator.causal.hvae): 0 = the disease modulates every top-down block, as in the
     # paper; n > 0 = it enters only an n-block branch added to the trunk's output and silent for "no finding"
     lesion_blocks: int = 0
@@ -28,6 +30,16 @@ class Preset:
     # with a lesion branch: weight of the anatomy adversary (generator.causal.hvae.AnatomyAdversary), which keeps the
     # disease out of the trunk's image so that the branch, and only the branch, draws the lesion (0 = off)
     anatomy_weight: float = 0.0
+    # with a lesion branch: size of the lesion latent z_L per disease class (0 = none). z_L is the lesion's own
+    # exogenous noise (side, extent, texture): N(0, I) prior, inferred from the image, read only by the branch, so a
+    # removal subtracts the lesion seen and an addition draws one lesion from the prior
+    lesion_latent: int = 0
+    # with a lesion branch: rectify the branch's map (an opacity only adds attenuation), so it is exactly zero
+    # outside the lesion and a counterfactual leaves every other pixel as it was
+    lesion_support: bool = False
+    # with a lesion latent: the KL of a diseased image's lesion code counts as at least this many nats in training
+    # (free bits), so the code is used instead of collapsing to the prior
+    lesion_free_bits: float = 0.0
     # optimisation of the image model
     lr: float = 5e-5
     betas: tuple = (0.9, 0.9)
@@ -65,6 +77,9 @@ class Preset:
     # with a lesion branch: weight of the lesion critic (generator.causal.hvae.LesionCritic) on the maps the branch
     # adds under an intervention, so additions look like the lesions it draws on real diseased images (0 = off)
     lesion_critic_weight: float = 0.0
+    # the run's final model is the checkpoint (ELBO stage or counterfactual stage) whose counterfactuals score best
+    # on the validation split (generator.training.selection), not simply the last one
+    select_final: bool = False
     # default steps per stage and share of a wall-clock budget
     steps: dict = field(
         default_factory=lambda: {"parents": 500, "predictors": 500, "hvae": 2000, "counterfactual": 500}
@@ -170,6 +185,7 @@ PRESETS = {
         latent_resolutions=(1, 6, 12, 24, 48, 96),
         z_channels=16,
         parent_embedding=64,
+        bottleneck=True,
         lr=5e-5,
         betas=(0.9, 0.9),
         weight_decay=0.1,

@@ -71,6 +71,8 @@ class Command(BaseCommand):
         except Exception as exc:
             raise CommandError(f"training failed: {type(exc).__name__}: {exc}") from exc
         self.stdout.write(self.style.SUCCESS(f"run {run.name} succeeded; final checkpoint {run.checkpoints['final']}"))
+        if run.training_warning:
+            self.stdout.write(self.style.WARNING(run.training_warning))
 
     def find_or_create_run(self, opts):
         if opts["resume"]:

@@ -102,10 +102,21 @@ class Command(BaseCommand):
         self.stdout.write(f"  Admin:              {base_url}/admin/  user {username!r}  password {password!r}")
         self.stdout.write(f"  Evaluation table:   {evaluation_dir}")
         self.stdout.write(f"  Analysis report:    {analysis_dir / 'report.html'}")
+        for run in (baseline, proposed):
+            self.stdout.write(f"  {run.name}: {self.training_summary(run)}")
+            if run.training_warning:
+                self.stdout.write(self.style.WARNING(f"    {run.training_warning}"))
         if not no_serve:
             self.serve(host, port)
 
     # --- steps ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def training_summary(run):
+        """The steps each training stage of a run reached, out of its plan."""
+        from generator.training.budget import describe_steps
+
+        stages = run.history.get("summary", {}).get("stages", {})
+        return "steps " + (describe_steps(stages) or "not recorded")
 
     def step(self, title):
         self.stdout.write(self.style.MIGRATE_HEADING(f"== {title}"))

@@ -1,0 +1,151 @@
+"""The lesion latent z_L: the lesion's own exogenous noise, gated by the disease, and the support gate of its map."""
+
+import pytest
+import torch
+
+from generator.causal.counterfactual import CounterfactualModel
+from generator.causal.hvae import Abduction
+from generator.data.graph import MIMIC_GRAPH
+from generator.training.presets import get_preset
+from tests.test_causal_lesion_branch import batch
+
+pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
+
+
+def latent_model(support=True):
+    """A test-32 model with a lesion branch, a 4-dim lesion code per disease and (by default) a rectified map; the
+    branch's output layer is randomised, as after training, so the code shapes what the branch draws."""
+    preset = get_preset("test-32")
+    preset.lesion_blocks = 1
+    preset.lesion_latent = 4
+    preset.lesion_support = support
+    torch.manual_seed(0)
+    model = CounterfactualModel(MIMIC_GRAPH, preset)
+    model.parent_model.fit_standardisation(batch([0, 1, 2, 0, 1, 2])[1])
+    with torch.no_grad():
+        model.hvae.lesion_output.weight.normal_(0, 0.3)
+        model.hvae.lesion_output.bias.fill_(-0.05)  # part of the map below zero: there the gate must cut it off
+        model.hvae.lesion_posterior[-1].weight.normal_(0, 0.3)
+    return model.eval()
+
+
+def test_a_healthy_images_lesion_posterior_is_the_prior_and_costs_no_kl():
+    hvae = latent_model().hvae
+    x, pa = batch([0, 0, 1, 2])
+    with torch.no_grad():
+        mean, logstd = hvae.lesion_posterior_stats(hvae.encode(x), pa)
+        kl = hvae.elbo(x, pa)["lesion_kl"]
+    assert torch.equal(mean[:2], torch.zeros_like(mean[:2]))
+    assert torch.equal(logstd[:2], torch.zeros_like(logstd[:2]))
+    assert torch.equal(kl[:2], torch.zeros(2))
+    # a diseased image's code is read from the image, so it moves away from the prior and pays for it
+    assert mean[2:].abs().sum() > 0
+    assert (kl[2:] > 0).all()
+
+
+def test_the_likelihood_of_a_healthy_image_does_not_depend_on_the_lesion_code():
+    hvae = latent_model().hvae
+    x, pa = batch([0, 0, 0])
+    with torch.no_grad():
+        latents = hvae.abduct(x, pa).latents
+        first = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(3, 2, 4))["mean"]
+        second = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(3, 2, 4))["mean"]
+    assert torch.equal(first, second)
+
+
+def test_an_addition_with_two_seeds_draws_two_different_lesions_and_a_seed_reproduces_its_lesion():
+    model = latent_model()
+    x, pa = batch([0, 0, 0])
+    with torch.no_grad():
+
+        def add(seed):
+            return model.counterfactual(x, pa, {"disease": 1}, generator=torch.Generator().manual_seed(seed)).x_cf
+
+        first, second, again = add(1), add(2), add(1)
+    assert (first - x).abs().mean() > 1e-3
+    assert (first - second).abs().mean() > 1e-3
+    assert torch.equal(first, again)
+
+
+def test_several_samples_of_an_addition_give_a_per_pixel_uncertainty_inside_the_lesion_only():
+    model = latent_model()
+    x, pa = batch([0, 0])
+    with torch.no_grad():
+        cf = model.counterfactual(x, pa, {"disease": 2}, samples=4, generator=torch.Generator().manual_seed(0))
+    assert cf.uncertainty.max() > 1e-3
+    # where the draws agree on "no lesion" nothing changed, and no uncertainty is reported
+    untouched = cf.effect == 0
+    assert untouched.any()
+    assert torch.equal(cf.uncertainty[untouched], torch.zeros_like(cf.uncertainty[untouched]))
+
+
+def test_removing_a_lesion_and_adding_it_back_with_the_inferred_code_returns_the_input():
+    model = latent_model()
+    hvae = model.hvae
+    x, pa = batch([1, 2, 1, 2], seed=3)
+    x = x * 0.5  # away from the clamp at -1 and 1, so that subtracting and adding back is lossless
+    healthy = dict(pa, disease=torch.zeros(4, dtype=torch.long))
+    with torch.no_grad():
+        seen = hvae.abduct(x, pa)
+        removed = hvae.predict(seen, healthy)
+        assert (removed - x).abs().mean() > 1e-3
+        # the removed image's own noise: the anatomy's latents and pixel noise are untouched by the removal, and the
+        # lesion code is the one inferred from the diseased image
+        decoded = hvae.decode(healthy, latents=seen.latents, lesion_latents=seen.lesion_latents)
+        without = Abduction(
+            latents=seen.latents,
+            pixel_noise=(removed - decoded["mean"]) * torch.exp(-decoded["log_sigma"]),
+            lesion_latents=seen.lesion_latents,
+            x=removed,
+            mean=decoded["mean"],
+            log_sigma=decoded["log_sigma"],
+        )
+        restored = hvae.predict(without, pa)
+    assert torch.allclose(restored, x, atol=1e-6)
+
+
+def test_outside_the_support_of_the_lesion_map_a_counterfactual_equals_the_input_exactly():
+    model = latent_model()
+    x, pa = batch([0, 1, 2, 1, 0, 2], seed=5)
+    with torch.no_grad():
+        for target in (0, 1, 2):
+            generator = torch.Generator().manual_seed(target)
+            abducted = model.abduct(x, pa, generator=generator)
+            pa_cf = model.intervene(abducted, {"disease": target})
+            _, lesion_cf = model.hvae.predict(abducted.image_noise[0], pa_cf, with_lesion=True)
+            _, lesion = model.hvae.predict(abducted.image_noise[0], pa, with_lesion=True)
+            x_cf = model.predict(abducted, pa_cf).x_cf
+            outside = (lesion == 0) & (lesion_cf == 0)
+            assert outside.any() and (~outside).any()
+            assert torch.equal(x_cf[outside], x[outside])
+            inside_changed = (x_cf != x) & ~outside
+            if target in (1, 2):
+                assert inside_changed.any()
+
+
+def test_the_rectified_map_only_adds_opacity():
+    model = latent_model()
+    x, pa = batch([1, 2, 1, 2])
+    with torch.no_grad():
+        lesion = model.hvae.predict(model.hvae.abduct(x, pa), pa, with_lesion=True)[1]
+    assert (lesion >= 0).all() and (lesion > 0).any() and (lesion == 0).any()
+
+
+def test_the_lesion_code_is_left_out_of_the_latent_independence_adversary():
+    hvae = latent_model().hvae
+    x, pa = batch([1, 2])
+    out = hvae.elbo(x, pa)
+    # the adversary reads `latents` (the anatomy's), which hold no lesion code
+    assert all(z.dim() == 4 for z in out["latents"])
+    assert out["abduction"].lesion_latents.shape == (2, 2, 4)
+
+
+def test_free_bits_raise_the_training_objective_only_for_a_lesion_code_that_carries_too_little():
+    model = latent_model()
+    hvae = model.hvae
+    x, pa = batch([0, 1, 2])
+    hvae.lesion_free_bits = 1e6
+    out = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))
+    gap = (out["objective"] - out["free_energy"]).detach()
+    assert gap[0] == 0  # healthy: no lesion code to use
+    assert (gap[1:] > 0).all()
