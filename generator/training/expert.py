@@ -15,6 +15,7 @@ Where the expert comes from:
 """
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -240,14 +241,17 @@ def train_expert(
     progress=None,
     architecture=None,
     device=None,
+    time_budget=None,
 ):
     """Train a small xrv-architecture classifier for Effusion and Pneumonia and save it as a state_dict.
 
     Trains at the data's own resolution (the classifier's `input_resolution`), so the wrapper never resizes, on
     `device` (default: CUDA when present).
-    Returns (ExpertModel, {"auroc": {...}, "steps": steps, "path": out_path}); `progress("expert", fraction,
-    message)` is called now and then, like the pipeline's stages.
+    Returns (ExpertModel, {"auroc": {...}, "steps": steps done, "planned_steps": steps, "path": out_path});
+    `progress("expert", fraction, message)` is called now and then, like the pipeline's stages. With `time_budget`
+    (seconds) training stops when it runs out, whatever the steps.
     """
+    started = time.monotonic()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     architecture = dict(architecture or SMALL_DENSENET)
@@ -260,7 +264,11 @@ def train_expert(
     targets = _finding_targets(train_set.pa["disease"].long()) * (1 - 2 * LABEL_SMOOTHING) + LABEL_SMOOTHING
     n = train_set.x.shape[0]
     classifier.train()
+    done = 0
     for step in range(steps):
+        if time_budget is not None and time.monotonic() - started > time_budget:
+            break
+        done = step + 1
         batch = torch.randint(0, n, (min(batch_size, n),), generator=generator)
         logits = classifier(train_set.x[batch].to(device).clamp(-1, 1) * XRV_PIXEL_SCALE)
         loss = F.binary_cross_entropy_with_logits(logits, targets[batch].to(device))
@@ -283,9 +291,9 @@ def train_expert(
             "architecture": architecture,
             "state_dict": {k: v.cpu() for k, v in classifier.state_dict().items()},
             "auroc": auroc,
-            "steps": steps,
+            "steps": done,
             "seed": seed,
         },
         out_path,
     )
-    return expert, {"auroc": auroc, "steps": steps, "path": str(out_path)}
+    return expert, {"auroc": auroc, "steps": done, "planned_steps": steps, "path": str(out_path)}

@@ -17,7 +17,8 @@ The rounds are cumulative: rounds 1-3 with fraction 0.1 are the paper's Ours+10%
 """
 
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from generator.training.active_learning import (
     select_top,
     track_forgetting,
 )
+from generator.training.budget import under_trained_stages
 from generator.training.checkpoint import atomic_save, atomic_write_json, load_checkpoint, record_stage
 from generator.training.expert import load_expert, make_expert_extra_loss, train_expert, validation_auroc
 from generator.training.trainer import choose_device
@@ -44,6 +46,9 @@ EXPERT_FILE = "expert.pt"
 SUMMARY_FILE = "active_learning.json"
 # Validation images used to measure a pretrained expert's AUROC (a DenseNet-121 at 224 px is slow on a CPU).
 PRETRAINED_AUROC_IMAGES = 256
+# Shares of a wall-clock budget: the expert, then the active-learning rounds; the pipeline's stages get the rest.
+EXPERT_BUDGET_SHARE = 0.1
+ACTIVE_LEARNING_BUDGET_SHARE = 0.3
 
 
 @dataclass
@@ -55,6 +60,7 @@ class ActiveLearningSettings:
     proxy_batch_size: int = 64
     finetune_steps: int = 200
     finetune_time_budget_s: float | None = None
+    time_budget_s: float | None = None  # wall clock for all rounds together: selection and fine-tuning
     seed: int = 0
 
     @classmethod
@@ -67,8 +73,6 @@ class ActiveLearningSettings:
             "seed": config.seed,
             "finetune_steps": max(1, config.stage_steps(preset, "counterfactual") // 2),
         }
-        if config.time_budget_s is not None:
-            settings["finetune_time_budget_s"] = config.time_budget_s * preset.budget_shares["counterfactual"] / 2
         return cls(**{**settings, **overrides})
 
 
@@ -84,23 +88,57 @@ def run_proposed(
     if config.variant not in PROPOSED_VARIANTS:
         raise ValueError(f"run_proposed trains the variants {PROPOSED_VARIANTS}, not {config.variant!r}")
     out_dir = Path(out_dir)
+    # A wall-clock budget covers everything the proposed model does: the expert, the pipeline's stages and the
+    # active-learning rounds (selection included) each get a share, and each takes what the one before left.
+    started = time.monotonic()
+    budget = config.time_budget_s
+    with_al = config.variant == "expert-al" and config.al_rounds > 0
     expert, expert_report = obtain_expert(
-        expert_weights, splits["train"], splits["valid"], out_dir, seed=config.seed, progress=progress, resume=resume
+        expert_weights,
+        splits["train"],
+        splits["valid"],
+        out_dir,
+        seed=config.seed,
+        progress=progress,
+        resume=resume,
+        time_budget=None if budget is None else budget * EXPERT_BUDGET_SHARE,
     )
     extra_loss = make_expert_extra_loss(expert, config.expert_alpha, config.expert_beta, config.expert_threshold)
-    summary = pipeline.train(config, splits, out_dir, progress=progress, resume=resume, extra_loss=extra_loss)
+    stage_config = config
+    if budget is not None:
+        left = max(0.0, budget - (time.monotonic() - started))
+        share = 1.0 - ACTIVE_LEARNING_BUDGET_SHARE / (1.0 - EXPERT_BUDGET_SHARE) if with_al else 1.0
+        stage_config = replace(config, time_budget_s=left * share)
+    summary = pipeline.train(stage_config, splits, out_dir, progress=progress, resume=resume, extra_loss=extra_loss)
     summary["expert"] = expert_report
+    if "planned_steps" in expert_report:
+        stages = {"expert": expert_report, **summary["stages"]}
+        summary["under_trained"] = under_trained_stages(stages)
     if config.variant == "expert-al":
         settings = al_settings or ActiveLearningSettings.from_config(config)
+        if budget is not None and settings.time_budget_s is None:
+            settings = replace(settings, time_budget_s=max(0.0, budget - (time.monotonic() - started)))
         report = run_active_learning(summary["checkpoint"], splits, out_dir, extra_loss, settings, progress, resume)
         summary["active_learning"] = report
         summary["checkpoints"].update(report["checkpoints"])
         if report["checkpoints"]:
             summary["checkpoint"] = report["checkpoints"][f"round-{settings.rounds}"]
+    summary["seconds"] = time.monotonic() - started
     return summary
 
 
-def obtain_expert(weights, train_set, valid_set, out_dir, epochs=8, batch_size=64, seed=0, progress=None, resume=False):
+def obtain_expert(
+    weights,
+    train_set,
+    valid_set,
+    out_dir,
+    epochs=8,
+    batch_size=64,
+    seed=0,
+    progress=None,
+    resume=False,
+    time_budget=None,
+):
     """Pretrained xrv weights when available locally, otherwise a classifier trained on the training split.
 
     Returns (ExpertModel, report): report["source"] is "pretrained" or "trained", report["auroc"] the validation
@@ -116,7 +154,14 @@ def obtain_expert(weights, train_set, valid_set, out_dir, epochs=8, batch_size=6
         return load_expert(str(path)), {"source": "trained", "weights": str(path), "auroc": saved["auroc"]}
     steps = max(1, epochs * len(train_set.ids) // batch_size)
     expert, report = train_expert(
-        train_set, valid_set, path, steps=steps, batch_size=batch_size, seed=seed, progress=progress
+        train_set,
+        valid_set,
+        path,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        time_budget=time_budget,
     )
     return expert, {"source": "trained", "requested": weights, "weights": str(path), **report}
 
@@ -139,7 +184,14 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
     constraint = base_state["task"]["constraint"]
     real_set, valid_set = splits["train"], splits["valid"]
 
+    started = time.monotonic()
+    deadline = {"round": None}
+
     def finetune(model, train_set):
+        time_budget = settings.finetune_time_budget_s
+        if deadline["round"] is not None:  # what the round's share leaves after its selection
+            left = max(0.0, deadline["round"] - time.monotonic())
+            time_budget = left if time_budget is None else min(time_budget, left)
         round_progress = None
         if progress is not None:
 
@@ -155,7 +207,7 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
             progress=round_progress,
             constraint=constraint,
             seed=settings.seed,
-            time_budget=settings.finetune_time_budget_s,
+            time_budget=time_budget,
             adversary=adversary,
         )
 
@@ -171,6 +223,9 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
             rounds.append(state["active_learning"])
             checkpoints[f"round-{k}"] = str(path)
             continue
+        if settings.time_budget_s is not None:
+            left = max(0.0, settings.time_budget_s - (time.monotonic() - started))
+            deadline["round"] = time.monotonic() + left / (settings.rounds - k + 1)
         _report(progress, (k - 1) / settings.rounds, f"round {k}/{settings.rounds}: selecting counterfactuals")
         n_before = len(train_set.ids)
         train_set, record = active_learning_round(
