@@ -149,3 +149,18 @@ def test_free_bits_raise_the_training_objective_only_for_a_lesion_code_that_carr
     gap = (out["objective"] - out["free_energy"]).detach()
     assert gap[0] == 0  # healthy: no lesion code to use
     assert (gap[1:] > 0).all()
+
+
+def test_do_disease_reruns_only_the_branch_and_matches_the_full_decoder():
+    model = latent_model()
+    hvae = model.hvae
+    x, pa = batch([1, 2, 0, 1])
+    healthy = dict(pa, disease=torch.zeros(4, dtype=torch.long))
+    with torch.no_grad():
+        seen = hvae.abduct(x, pa, generator=torch.Generator().manual_seed(0))
+        assert hvae.trunk_unchanged(seen, healthy)
+        fast = hvae.predict(seen, healthy)
+        full = hvae.predict(Abduction(**{**vars(seen), "features": None}), healthy)
+        older = dict(pa, age=pa["age"] + 10)
+        assert not hvae.trunk_unchanged(seen, older)
+    assert torch.allclose(fast, full, atol=1e-6)

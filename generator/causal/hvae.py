@@ -50,6 +50,11 @@ class Abduction:
     x: torch.Tensor | None = None
     mean: torch.Tensor | None = None
     log_sigma: torch.Tensor | None = None
+    # the factual parents, the trunk's top features and its lesion-free mean: an intervention that leaves the trunk's
+    # parents alone (do(disease) with a lesion branch) only reruns the branch on these
+    pa: dict | None = None
+    features: torch.Tensor | None = None
+    anatomy: torch.Tensor | None = None
 
 
 class ResBlock(nn.Module):
@@ -403,6 +408,7 @@ class ConditionalHVAE(nn.Module):
             "lesion": lesion,
             "lesion_latents": lesion_latents,
             "lesion_kl": lesion_kl,
+            "features": h,
         }
 
     def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
@@ -431,14 +437,7 @@ class ConditionalHVAE(nn.Module):
             objective = objective + floor / dims
         # the sampled latents and the residual under them are a posterior draw of the exogenous noise: counterfactual
         # training makes its counterfactuals from them, so the ELBO and the predictors judge the same draw
-        abduction = Abduction(
-            latents=latents,
-            pixel_noise=(x - mean) * torch.exp(-log_sigma),
-            lesion_latents=decoded["lesion_latents"],
-            x=x,
-            mean=mean,
-            log_sigma=log_sigma,
-        )
+        abduction = self.abduction(x, pa, decoded)
         return {
             "free_energy": nll + kl,
             "objective": objective,
@@ -463,6 +462,11 @@ class ConditionalHVAE(nn.Module):
         """
         trunk_sample = sample and not self.lesion_latent_dim
         decoded = self.decode(pa, self.encode(x), sample=trunk_sample, generator=generator, lesion_sample=bool(sample))
+        return self.abduction(x, pa, decoded)
+
+    @staticmethod
+    def abduction(x, pa, decoded):
+        """The Abduction of x from the decoder's output for it."""
         mean, log_sigma = decoded["mean"], decoded["log_sigma"]
         return Abduction(
             latents=decoded["latents"],
@@ -471,7 +475,23 @@ class ConditionalHVAE(nn.Module):
             x=x,
             mean=mean,
             log_sigma=log_sigma,
+            pa=pa,
+            features=decoded["features"],
+            anatomy=decoded["anatomy"],
         )
+
+    def trunk_unchanged(self, abduction, pa):
+        """Whether `pa` gives the trunk the same parents as the abducted image had (its output is then the same)."""
+        if abduction.features is None or abduction.pa is None:
+            return False
+        return all(torch.equal(pa[name], abduction.pa[name]) for name in self.trunk_parents)
+
+    def predict_decoded(self, abduction, pa):
+        """The decoder's output under `pa` for the abducted noise; reruns only the lesion branch when it can."""
+        if self.lesion_node is not None and self.trunk_unchanged(abduction, pa):
+            lesion = self.lesion(abduction.features, pa, abduction.lesion_latents)
+            return {"mean": abduction.anatomy + lesion, "log_sigma": abduction.log_sigma, "lesion": lesion}
+        return self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
 
     def predict(self, abduction, pa, with_lesion=False):
         """The image the abducted noise gives under parents `pa`; with `with_lesion`, also the branch's map.
@@ -480,7 +500,7 @@ class ConditionalHVAE(nn.Module):
         abduction holds the factual image: the same number, but a pixel whose distribution does not change is
         returned bit for bit.
         """
-        decoded = self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
+        decoded = self.predict_decoded(abduction, pa)
         sigma_cf = torch.exp(decoded["log_sigma"])
         if abduction.x is not None:
             change = (decoded["mean"] - abduction.mean) + (sigma_cf - torch.exp(abduction.log_sigma)) * (
