@@ -15,7 +15,9 @@ import pandas as pd
 
 from analysis.stats import ANSWER_COLUMNS, CONDITIONS, MODELS, PARTICIPANT_COLUMNS, SOURCES
 
-STATUSES = ("started", "in_block1", "in_block2", "completed", "timed_out", "withdrawn", "excluded")
+# The participant statuses the study platform exports (studyplatform.models.Participant.Status); `block1` and
+# `block2` are participants still in the study, answering that block.
+STATUSES = ("started", "block1", "block2", "completed", "timed_out", "withdrawn", "excluded")
 NUMERIC_RANGES = {
     "realness": (1, 100),
     "slider_start": (1, 100),

@@ -89,7 +89,8 @@ def wilson_interval(successes, n, level=0.95):
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # The interval always holds p; clamping removes rounding residue at p = 0 and p = 1 (e.g. a bound of 5.6e-17).
+    return [float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))]
 
 
 def proportion(outcomes):

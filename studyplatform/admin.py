@@ -6,7 +6,7 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from studyplatform import export, jobs, services
-from studyplatform.forms import CaseForm, GenerateStimuliForm, InviteForm
+from studyplatform.forms import CaseForm, GenerateStimuliForm, InviteForm, StudyForm
 from studyplatform.models import AuditLog, Case, Invite, Job, Participant, Response, Stimulus, Study
 
 
@@ -24,7 +24,7 @@ class JobAdmin(admin.ModelAdmin):
             '<progress max="100" value="{}" style="width:8em"></progress> {}%', round(job.progress), round(job.progress)
         )
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
     def cancel_jobs(self, request, queryset):
         for job in queryset:
             jobs.request_cancel(job)
@@ -57,6 +57,17 @@ def thumbnail(stimulus, size=72):
         size,
         f"{stimulus.source}: {stimulus.condition}",
     )
+
+
+def _has_perms(request, *codenames):
+    return request.user.has_perms([f"studyplatform.{codename}" for codename in codenames])
+
+
+class ExportPermission:
+    """Exports hold participants and their answers: they need the view permissions of both (as the staff API)."""
+
+    def has_export_permission(self, request):
+        return _has_perms(request, "view_study", "view_participant", "view_response")
 
 
 def _one_study(modeladmin, request, queryset):
@@ -93,7 +104,8 @@ class CaseInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(ExportPermission, admin.ModelAdmin):
+    form = StudyForm
     list_display = ("title", "slug", "status", "counts", "opened_at")
     list_filter = ("status",)
     search_fields = ("title", "slug")
@@ -163,10 +175,21 @@ class StudyAdmin(admin.ModelAdmin):
             return "yes"
         return format_html("<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((p,) for p in problems)))
 
+    def has_invite_permission(self, request):
+        return _has_perms(request, "add_invite")
+
+    def has_generate_permission(self, request):
+        return _has_perms(request, "change_study", "add_stimulus")
+
     def get_readonly_fields(self, request, obj=None):
+        """Once the study has opened, what shapes a session or an answer's meaning is shown read-only; texts stay
+        editable (each change is kept in the audit log)."""
         if obj is not None and obj.status != Study.Status.DRAFT:
-            return [*self.readonly_fields, "block1_patients", "block2_cases", "working_size", "display_size"]
+            return [*self.readonly_fields, *services.FROZEN_WHEN_OPEN]
         return self.readonly_fields
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return {} if obj is not None and obj.status != Study.Status.DRAFT else self.prepopulated_fields
 
     def save_model(self, request, obj, form, change):
         services.save_study(obj, by=request.user, changed=form.changed_data)
@@ -185,25 +208,25 @@ class StudyAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"{study.slug}: {verb}.", messages.SUCCESS)
 
-    @admin.action(description="Open selected studies (checks the stimulus set)")
+    @admin.action(description="Open selected studies (checks the stimulus set)", permissions=["change"])
     def open_studies(self, request, queryset):
         self._each(request, queryset, services.open_study, "open")
 
-    @admin.action(description="Close selected studies")
+    @admin.action(description="Close selected studies", permissions=["change"])
     def close_studies(self, request, queryset):
         self._each(request, queryset, services.close_study, "closed")
 
-    @admin.action(description="Export answers CSV (pseudonymised ids)")
+    @admin.action(description="Export answers CSV (pseudonymised ids)", permissions=["export"])
     def export_answers(self, request, queryset):
         study = _one_study(self, request, queryset)
         return _csv_download(study, "answers") if study else None
 
-    @admin.action(description="Export participants CSV (pseudonymised ids)")
+    @admin.action(description="Export participants CSV (pseudonymised ids)", permissions=["export"])
     def export_participants(self, request, queryset):
         study = _one_study(self, request, queryset)
         return _csv_download(study, "participants") if study else None
 
-    @admin.action(description="Create invitation links")
+    @admin.action(description="Create invitation links", permissions=["invite"])
     def create_invites(self, request, queryset):
         study = _one_study(self, request, queryset)
         if study is None:
@@ -217,7 +240,9 @@ class StudyAdmin(admin.ModelAdmin):
             return None
         return self._action_form(request, queryset, study, form, "create_invites", "Create invitation links", "Create")
 
-    @admin.action(description="Generate counterfactual stimuli from training runs (background job)")
+    @admin.action(
+        description="Generate counterfactual stimuli from training runs (background job)", permissions=["generate"]
+    )
     def generate_stimuli(self, request, queryset):
         study = _one_study(self, request, queryset)
         if study is None:
@@ -340,7 +365,7 @@ class InviteAdmin(admin.ModelAdmin):
 
 
 @admin.register(Participant)
-class ParticipantAdmin(admin.ModelAdmin):
+class ParticipantAdmin(ExportPermission, admin.ModelAdmin):
     list_display = (
         "label",
         "study",
@@ -369,6 +394,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         "n_answers",
         "excluded",
         "exclusion_reason",
+        "status_before_exclusion",
         "consented_at",
         "block1_started_at",
         "block2_started_at",
@@ -400,19 +426,27 @@ class ParticipantAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Exclude selected participants")
+    def has_exclude_permission(self, request):
+        return _has_perms(request, "change_participant")
+
+    def has_erase_permission(self, request):
+        return _has_perms(request, "delete_participant")
+
+    @admin.action(description="Exclude selected participants", permissions=["exclude"])
     def exclude_selected(self, request, queryset):
         for participant in queryset:
             services.exclude_participant(participant, "excluded by the researcher", by=request.user)
         self.message_user(request, f"{queryset.count()} excluded.", messages.SUCCESS)
 
-    @admin.action(description="Include selected participants again")
+    @admin.action(description="Include selected participants again", permissions=["exclude"])
     def include_selected(self, request, queryset):
         for participant in queryset:
             services.include_participant(participant, by=request.user)
         self.message_user(request, f"{queryset.count()} included.", messages.SUCCESS)
 
-    @admin.action(description="Delete the selected participants' data (on request; audit-logged)")
+    @admin.action(
+        description="Delete the selected participants' data (on request; audit-logged)", permissions=["erase"]
+    )
     def delete_data(self, request, queryset):
         count = 0
         for participant in list(queryset):
@@ -420,12 +454,12 @@ class ParticipantAdmin(admin.ModelAdmin):
             count += 1
         self.message_user(request, f"Data of {count} participant(s) deleted.", messages.SUCCESS)
 
-    @admin.action(description="Export participants CSV of their study")
+    @admin.action(description="Export participants CSV of their study", permissions=["export"])
     def export_participants(self, request, queryset):
         study = _one_study(self, request, queryset)
         return _csv_download(study, "participants") if study else None
 
-    @admin.action(description="Export answers CSV of their study")
+    @admin.action(description="Export answers CSV of their study", permissions=["export"])
     def export_answers(self, request, queryset):
         study = _one_study(self, request, queryset)
         return _csv_download(study, "answers") if study else None

@@ -1,32 +1,57 @@
-"""REST API: the staff API (studies, cases, stimuli, participants, responses; admin users only) and the participant
-flow as JSON under the participant's token, for custom front ends and simulated participants.
+"""REST API: the staff API (studies, cases, stimuli, participants, responses; staff users with the Django model
+permissions, see `permissions`) and the participant flow as JSON under the participant's token, for custom front
+ends and simulated participants.
 
-Both call the same services as the pages; the OpenAPI schema is served at /api/schema/.
+Both call the same services as the pages; the OpenAPI schema is served to staff at /api/schema/ and summarised as a
+page at /api/docs/.
 """
 
+import functools
 import io
+import uuid
 
-from django.core.exceptions import ValidationError
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import HttpResponse
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.decorators import action, api_view, authentication_classes, permission_classes
+from rest_framework.decorators import (
+    action,
+    api_view,
+    authentication_classes,
+    parser_classes,
+    permission_classes,
+    renderer_classes,
+)
+from rest_framework.exceptions import APIException, ParseError, PermissionDenied, UnsupportedMediaType
 from rest_framework.exceptions import ValidationError as ApiValidationError
+from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response as ApiResponse
 from rest_framework.routers import DefaultRouter
 
 from studyplatform import export, images, services
 from studyplatform.models import Case, Participant, Response, Stimulus, Study
 from studyplatform.models.study import CONDITION_CHOICES
+from studyplatform.parsers import BoundedJSONParser
+from studyplatform.permissions import RAW_IDS_PERMISSION, StaffModelPermissions
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
 
 
 def _service_call(fn, *args, **kwargs):
-    """Translate a service's ValidationError into a 400 with its messages."""
+    """Translate a service's ValidationError into a 400 with its messages (a change to a frozen setting of an open
+    study: 409, naming the fields)."""
     try:
         return fn(*args, **kwargs)
+    except services.StudyFrozen as exc:
+        raise Conflict({"detail": exc.messages, "fields": exc.fields}) from exc
     except ValidationError as exc:
         raise ApiValidationError({"detail": exc.messages}) from exc
     except images.ImageRejected as exc:
@@ -34,6 +59,14 @@ def _service_call(fn, *args, **kwargs):
 
 
 # --- staff API -----------------------------------------------------------------------------------------------------
+
+
+def _study_param(request):
+    """The ?study= filter of a list: a study slug, or a 400."""
+    slug = request.query_params.get("study")
+    if slug and not services.SLUG_PATTERN.match(slug):
+        raise ApiValidationError({"study": ["a study slug"]})
+    return slug
 
 
 class StudySerializer(serializers.ModelSerializer):
@@ -49,7 +82,8 @@ class StudySerializer(serializers.ModelSerializer):
 
 
 class CaseSerializer(serializers.ModelSerializer):
-    real_image = serializers.ImageField(write_only=True, help_text="any image PIL reads; it is normalised")
+    # A plain file: the image pipeline reads it and refuses a bad one with a message naming the file.
+    real_image = serializers.FileField(write_only=True, help_text="any image PIL reads; it is normalised")
 
     class Meta:
         model = Case
@@ -134,6 +168,13 @@ class StudyViewSet(viewsets.ModelViewSet):
     queryset = Study.objects.all()
     serializer_class = StudySerializer
     lookup_field = "slug"
+    permission_classes = [StaffModelPermissions]
+    action_permissions = {
+        "open": ["studyplatform.view_study", "studyplatform.change_study"],
+        "close": ["studyplatform.view_study", "studyplatform.change_study"],
+        "problems": ["studyplatform.view_study"],
+        "export": ["studyplatform.view_study", "studyplatform.view_participant", "studyplatform.view_response"],
+    }
 
     def perform_create(self, serializer):
         study = Study(**serializer.validated_data)
@@ -176,6 +217,8 @@ class StudyViewSet(viewsets.ModelViewSet):
         if table not in ("answers", "participants"):
             raise ApiValidationError({"table": ["answers or participants"]})
         raw_ids = request.query_params.get("raw_ids") in ("1", "true")
+        if raw_ids and not request.user.has_perm(RAW_IDS_PERMISSION):
+            raise PermissionDenied("Exporting raw Prolific ids needs the permission 'Can export raw Prolific ids'.")
         buffer = io.StringIO()
         writer = export.write_answers_csv if table == "answers" else export.write_participants_csv
         writer(study, buffer, raw_ids=raw_ids)
@@ -188,12 +231,13 @@ class StudyViewSet(viewsets.ModelViewSet):
 
 class CaseViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Case.objects.select_related("study")
+    permission_classes = [StaffModelPermissions]
     serializer_class = CaseSerializer
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        if study := self.request.query_params.get("study"):
+        if study := _study_param(self.request):
             queryset = queryset.filter(study__slug=study)
         return queryset
 
@@ -212,12 +256,13 @@ class CaseViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 class StimulusViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Stimulus.objects.select_related("case")
+    permission_classes = [StaffModelPermissions]
     serializer_class = StimulusSerializer
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        if study := self.request.query_params.get("study"):
+        if study := _study_param(self.request):
             queryset = queryset.filter(case__study__slug=study)
         return queryset
 
@@ -239,10 +284,15 @@ class StimulusViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 class ParticipantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Participant.objects.select_related("study")
     serializer_class = ParticipantSerializer
+    permission_classes = [StaffModelPermissions]
+    action_permissions = {
+        "exclude": ["studyplatform.view_participant", "studyplatform.change_participant"],
+        "include": ["studyplatform.view_participant", "studyplatform.change_participant"],
+    }
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        if study := self.request.query_params.get("study"):
+        if study := _study_param(self.request):
             queryset = queryset.filter(study__slug=study)
         return queryset
 
@@ -268,12 +318,17 @@ class ParticipantViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet
 class ResponseViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Response.objects.select_related("participant", "case", "stimulus")
     serializer_class = ResponseSerializer
+    permission_classes = [StaffModelPermissions]
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        if study := self.request.query_params.get("study"):
+        if study := _study_param(self.request):
             queryset = queryset.filter(participant__study__slug=study)
         if participant := self.request.query_params.get("participant"):
+            try:
+                participant = uuid.UUID(participant)
+            except ValueError as exc:
+                raise ApiValidationError({"participant": ["a participant id (UUID)"]}) from exc
             queryset = queryset.filter(participant_id=participant)
         return queryset
 
@@ -325,6 +380,23 @@ def _problem(error):
     return ApiResponse({"error": error.code, "detail": error.message, "fields": error.errors}, status=error.status)
 
 
+def _json_object(request, not_an_object=services.RequestInvalid):
+    """The request body as a JSON object (an empty body is an empty object). A body over the size limit, of another
+    media type, not valid JSON or not an object raises the FlowError to answer with."""
+    try:
+        data = request.data
+    except RequestDataTooBig as exc:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise services.RequestTooLarge(f"The request body is larger than {limit} bytes.") from exc
+    except UnsupportedMediaType as exc:
+        raise services.UnsupportedMediaType("Send the body as JSON (Content-Type: application/json).") from exc
+    except ParseError as exc:
+        raise services.RequestInvalid(f"The body is not valid JSON: {exc.detail}") from exc
+    if not isinstance(data, dict):
+        raise not_an_object("The body must be a JSON object.")
+    return data
+
+
 def _step_payload(participant):
     step = services.next_step(participant)
     for key in ("trial",):
@@ -337,92 +409,92 @@ def _step_payload(participant):
     return step
 
 
-def _session_or_problem(token):
-    try:
-        return services.get_session(token), None
-    except services.FlowError as error:
-        return None, _problem(error)
+class AlwaysJSON(BaseContentNegotiation):
+    """The participant API answers JSON whatever the Accept header asks for (errors included)."""
+
+    def select_parser(self, request, parsers):
+        return DefaultContentNegotiation().select_parser(request, parsers)
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def participant_endpoint(view):
+    """A participant API view: JSON in and out (never the browsable HTML page), no authentication but the token,
+    every FlowError answered as the JSON problem document."""
+
+    @functools.wraps(view)
+    def handle(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except services.FlowError as error:
+            return _problem(error)
+
+    handle = parser_classes([BoundedJSONParser])(handle)
+    handle = renderer_classes([JSONRenderer])(handle)
+    handle.content_negotiation_class = AlwaysJSON
+    handle = permission_classes([AllowAny])(handle)
+    return authentication_classes([])(handle)
 
 
 @extend_schema(
     request=SessionStart,
-    responses={200: Step, 201: Step, 400: ProblemOut, 403: ProblemOut},
+    responses={200: Step, 201: Step, 400: ProblemOut, 403: ProblemOut, 404: ProblemOut, 413: ProblemOut},
     operation_id="participant_session_start",
 )
 @api_view(["POST"])
-@authentication_classes([])
-@permission_classes([AllowAny])
+@participant_endpoint
 def participant_start(request):
-    data = request.data if isinstance(request.data, dict) else {}
-    study = Study.objects.filter(slug=str(data.get("study", ""))).first()
-    if study is None:
-        return _problem(services.SessionNotFound("No study with this slug."))
+    data = _json_object(request)
+    if not isinstance(data.get("study"), str):
+        raise services.RequestInvalid("Which study? The body needs the study's slug.", {"study": "study is required"})
+    study = services.find_study(data["study"])
     if data.get("consent") is not True:
-        return _problem(services.EntryRefused("Consent is required; nothing was stored."))
-    try:
-        participant, created = services.start_session(
-            study,
-            external_id=str(data.get("prolific_pid", "")),
-            prolific_study_id=str(data.get("study_id", "")),
-            prolific_session_id=str(data.get("session_id", "")),
-            invite_token=str(data["invite"]) if data.get("invite") else None,
-        )
-    except services.FlowError as error:
-        return _problem(error)
+        raise services.EntryRefused("Consent is required; nothing was stored.")
+    entry = services.clean_entry_fields(data)
+    participant, created = services.start_session(
+        study,
+        external_id=entry["prolific_pid"],
+        prolific_study_id=entry["study_id"],
+        prolific_session_id=entry["session_id"],
+        invite_token=entry["invite"] or None,
+    )
     payload = {"token": participant.token, **_step_payload(participant)}
     return ApiResponse(payload, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @extend_schema(responses={200: Step, 404: ProblemOut}, operation_id="participant_next")
 @api_view(["GET"])
-@authentication_classes([])
-@permission_classes([AllowAny])
+@participant_endpoint
 def participant_next(request, token):
-    participant, problem = _session_or_problem(token)
-    return problem or ApiResponse(_step_payload(participant))
+    return ApiResponse(_step_payload(services.get_session(token)))
 
 
 @extend_schema(
     request=inline_serializer("BeginBlock", {"block": serializers.IntegerField()}),
-    responses={200: Step, 404: ProblemOut, 409: ProblemOut},
+    responses={200: Step, 400: ProblemOut, 404: ProblemOut, 409: ProblemOut},
     operation_id="participant_begin_block",
 )
 @api_view(["POST"])
-@authentication_classes([])
-@permission_classes([AllowAny])
+@participant_endpoint
 def participant_begin(request, token):
-    participant, problem = _session_or_problem(token)
-    if problem:
-        return problem
-    block = request.data.get("block") if isinstance(request.data, dict) else None
-    if block not in (1, 2):
-        return _problem(services.FlowError("block must be 1 or 2"))
-    try:
-        participant = services.begin_block(participant, block)
-    except services.FlowError as error:
-        return _problem(error)
-    return ApiResponse(_step_payload(participant))
+    participant = services.get_session(token)
+    data = _json_object(request)
+    return ApiResponse(_step_payload(services.begin_block(participant, data.get("block"))))
 
 
 @extend_schema(
     request=AnswerIn,
-    responses={200: Step, 201: Step, 400: ProblemOut, 404: ProblemOut, 409: ProblemOut},
+    responses={200: Step, 201: Step, 400: ProblemOut, 404: ProblemOut, 409: ProblemOut, 413: ProblemOut},
     operation_id="participant_answer",
 )
 @api_view(["POST"])
-@authentication_classes([])
-@permission_classes([AllowAny])
+@participant_endpoint
 def participant_answer(request, token):
-    participant, problem = _session_or_problem(token)
-    if problem:
-        return problem
-    if not isinstance(request.data, dict):
-        return _problem(services.AnswerInvalid("The answer must be a JSON object."))
-    answer = {key: value for key, value in request.data.items() if key != "trial"}
-    try:
-        response, created = services.submit_answer(participant, str(request.data.get("trial", "")), answer)
-    except services.FlowError as error:
-        return _problem(error)
+    participant = services.get_session(token)
+    data = _json_object(request, not_an_object=services.AnswerInvalid)
+    answer = {key: value for key, value in data.items() if key != "trial"}
+    response, created = services.submit_answer(participant, data.get("trial"), answer)
     participant.refresh_from_db()
     stored = {
         "diagnosis": response.diagnosis,
@@ -437,12 +509,9 @@ def participant_answer(request, token):
 
 @extend_schema(request=None, responses={200: Step, 404: ProblemOut}, operation_id="participant_withdraw")
 @api_view(["POST"])
-@authentication_classes([])
-@permission_classes([AllowAny])
+@participant_endpoint
 def participant_withdraw(request, token):
-    participant, problem = _session_or_problem(token)
-    if problem:
-        return problem
+    participant = services.get_session(token)
     return ApiResponse(_step_payload(services.withdraw(participant)))
 
 

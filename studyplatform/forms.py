@@ -4,11 +4,58 @@ form error; `services` normalises and stores them."""
 
 from django import forms
 
-from studyplatform import images
+from studyplatform import images, services
 from studyplatform.models import Case, Study
 
 IMAGE_HELP = "PNG, JPEG or any image format; it is re-encoded for blinding (grayscale, fixed size, no metadata)"
 SOURCES = ("real", "baseline", "proposed")
+
+
+class StudyForm(forms.ModelForm):
+    """The study's settings. Once the study has opened the admin shows the frozen settings read-only; a change that
+    still reaches the form (the study opened while the page was open) is refused with a form error."""
+
+    completion_url = forms.URLField(
+        required=False, assume_scheme="https", help_text=Study._meta.get_field("completion_url").help_text
+    )
+
+    class Meta:
+        model = Study
+        fields = [
+            "title",
+            "slug",
+            "consent_text",
+            "instructions_block1",
+            "instructions_block2",
+            "debrief_text",
+            "diagnosis_labels",
+            "reasons",
+            "realness_min",
+            "realness_max",
+            "confidence_min",
+            "confidence_max",
+            "attention_checks",
+            "block1_patients",
+            "block2_cases",
+            "working_size",
+            "display_size",
+            "prolific_study_id",
+            "completion_code",
+            "completion_url",
+            "time_limit_minutes",
+        ]
+
+    def _post_clean(self):
+        super()._post_clean()
+        if self.instance.pk is None:
+            return
+        stored = Study.objects.filter(pk=self.instance.pk).first()
+        for name in services.frozen_changes(self.instance, stored):
+            message = f"{name} cannot change once the study has opened (it is {stored.status})."
+            if name in self.fields:
+                self.add_error(name, message)
+            else:
+                self.add_error(None, message)
 
 
 class CaseForm(forms.ModelForm):

@@ -9,7 +9,9 @@ synthetic image cannot give itself away by compressing better than a noisy real 
 
 import hashlib
 import io
+import re
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 RESAMPLING = Image.Resampling.LANCZOS
 PNG_SETTINGS = {"format": "PNG", "compress_level": 0, "optimize": False}
 STIMULUS_DIR = "stimuli"
-# Decoding a hostile file must not exhaust memory: 50 megapixels is far above any radiograph.
+# Decoding a hostile file must not exhaust memory: 50 megapixels is far above any radiograph. The limit is checked
+# on the header, before any pixel is decoded.
 MAX_PIXELS = 50_000_000
 
 
@@ -28,16 +31,39 @@ class ImageRejected(ValueError):
 
 
 def _decode(data, name):
+    """The decoded image, or ImageRejected with a message that names the file. Only the header is read before the
+    size check, so a decompression bomb (a small file announcing a huge image) is refused without decoding it."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageRejected(f"{name}: {image.width}x{image.height} pixels is larger than allowed")
-            image.load()
-            return image.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageRejected(
+                        f"{name}: {width}x{height} pixels is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit "
+                        "(a radiograph is far smaller; the file may be a decompression bomb)"
+                    )
+                image.load()
+                return image.copy()
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"{name}: not a readable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(
+            f"{name}: the image is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit and was not decoded "
+            "(a decompression bomb)"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(f"{name}: not a readable image (not an image format that can be decoded)") from exc
+    except MemoryError as exc:
+        raise ImageRejected(f"{name}: decoding it needs more memory than is available") from exc
+    except Exception as exc:  # any decoder failure on a hostile file is a refusal, not a crash
+        raise ImageRejected(f"{name}: not a readable image ({_describe(exc)})") from exc
+
+
+def _describe(error):
+    """The decoder's message without Python internals (object reprs and addresses)."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", str(error)).strip()
+    return text or type(error).__name__
 
 
 def _to_gray8(image):

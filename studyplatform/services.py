@@ -26,6 +26,16 @@ from studyplatform.models.study import CONDITIONS
 logger = logging.getLogger(__name__)
 
 EXTERNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# Tokens (participant, invite) are URL-safe base64; slugs are Django slugs. Anything else finds nothing, without a
+# database query (PostgreSQL refuses NUL characters in a query parameter).
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SLUG_PATTERN = re.compile(r"^[-a-zA-Z0-9_]{1,60}$")
+# Entry fields other than the PROLIFIC_PID (Prolific's STUDY_ID and SESSION_ID): printable text without control
+# characters, at most 100 characters.
+ENTRY_TEXT_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{0,100}$")
+# Numbers arrive as JSON integers or, from the form, as ASCII digits; "٣", "５０" or "²" are not numbers here.
+ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
+ASCII_REASON_NUMBER = re.compile(r"[0-9]{1,3}")
 MAX_RT_MS = 24 * 3600 * 1000
 CASE_FIELDS = {"label", "source_id", "position", "true_condition", "cf_condition"}
 ANSWER_FIELDS = {"diagnosis", "realness", "slider_moved", "reasons", "confidence", "rt_ms"}
@@ -45,6 +55,22 @@ class FlowError(Exception):
 
 class AnswerInvalid(FlowError):
     code = "invalid_answer"
+
+
+class RequestInvalid(FlowError):
+    """The request itself is malformed: not a JSON object, a required field missing, a field of the wrong type."""
+
+    code = "invalid_request"
+
+
+class RequestTooLarge(FlowError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(FlowError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class EntryRefused(FlowError):
@@ -113,16 +139,83 @@ def _check_condition(value, what):
         raise ValidationError(f"{what} must be one of {', '.join(CONDITIONS)} (got {value!r})")
 
 
+# Once a study is open, these settings shape every session (its trials, scales, time limit, links) or the meaning of
+# a stored answer (the diagnosis labels, the numbering of the reasons); they stay as they were when it opened.
+FROZEN_WHEN_OPEN = (
+    "slug",
+    "diagnosis_labels",
+    "reasons",
+    "realness_min",
+    "realness_max",
+    "confidence_min",
+    "confidence_max",
+    "attention_checks",
+    "block1_patients",
+    "block2_cases",
+    "working_size",
+    "display_size",
+    "time_limit_minutes",
+)
+# Texts and settings that may change while participants take part; each change is recorded with the old and the new
+# value in the audit log.
+EDITABLE_WHEN_OPEN = (
+    "title",
+    "consent_text",
+    "instructions_block1",
+    "instructions_block2",
+    "debrief_text",
+    "prolific_study_id",
+    "completion_code",
+    "completion_url",
+)
+
+
+class StudyFrozen(ValidationError):
+    """A change to a setting that is frozen because the study is open or closed; `fields` names each one."""
+
+    def __init__(self, study, fields):
+        self.fields = {
+            name: f"{name} cannot change once the study has opened (it is {study.status})" for name in fields
+        }
+        super().__init__(
+            f"Study {study.slug!r} is {study.status}: {', '.join(fields)} cannot change once the study has opened "
+            f"(only {', '.join(EDITABLE_WHEN_OPEN)} can)."
+        )
+
+
+def frozen_changes(study, stored):
+    """The frozen settings in which `study` differs from the `stored` row (none while the stored row is a draft)."""
+    if stored is None or stored.status == Study.Status.DRAFT:
+        return []
+    return [name for name in FROZEN_WHEN_OPEN if getattr(study, name) != getattr(stored, name)]
+
+
 @transaction.atomic
 def save_study(study, by=None, changed=()):
-    """Save researcher edits of a study's settings (not its status: see open_study / close_study)."""
+    """Save researcher edits of a study's settings (not its status: see open_study / close_study).
+
+    Once the study has opened, the settings in FROZEN_WHEN_OPEN cannot change (StudyFrozen); the others can, and the
+    audit row keeps each changed value before and after."""
     _check_study_settings(study, raise_first=True)
     is_new = study.pk is None
+    versions = {}
     if not is_new:
         locked = Study.objects.select_for_update().get(pk=study.pk)
+        frozen = frozen_changes(study, locked)
+        if frozen:
+            raise StudyFrozen(locked, frozen)
         study.status = locked.status
+        if locked.status != Study.Status.DRAFT:
+            versions = {
+                name: {"old": getattr(locked, name), "new": getattr(study, name)}
+                for name in EDITABLE_WHEN_OPEN
+                if getattr(study, name) != getattr(locked, name)
+            }
     study.save()
-    audit(by, "study.create" if is_new else "study.update", study, study, fields=sorted(changed))
+    details = {"fields": sorted(changed)}
+    if versions:
+        details["changes"] = versions
+    audit(by, "study.create" if is_new else "study.update", study, study, **details)
     return study
 
 
@@ -445,25 +538,35 @@ def participant_counts(study):
 
 @transaction.atomic
 def exclude_participant(participant, reason, by=None):
+    """Leave a participant out of the analysis. Their status becomes `excluded` (an active session ends) and the
+    status it replaced is kept, so that `include_participant` can restore it."""
     participant = Participant.objects.select_for_update().get(pk=participant.pk)
     if not reason.strip():
         raise ValidationError("give a reason for the exclusion")
-    participant.status = Participant.Status.EXCLUDED
+    previous = participant.status
+    if participant.status != Participant.Status.EXCLUDED:
+        participant.status_before_exclusion = participant.status
+        participant.status = Participant.Status.EXCLUDED
     participant.excluded = True
     participant.exclusion_reason = reason.strip()[:200]
-    participant.save(update_fields=["status", "excluded", "exclusion_reason"])
-    audit(by, "participant.exclude", participant, participant.study, reason=reason)
+    participant.save(update_fields=["status", "status_before_exclusion", "excluded", "exclusion_reason"])
+    audit(by, "participant.exclude", participant, participant.study, reason=reason, status=previous)
     return participant
 
 
 @transaction.atomic
 def include_participant(participant, by=None):
-    """Count a timed-out or excluded participant's answers again (their status stays as it is)."""
+    """Count an excluded or timed-out participant's answers again. A researcher's exclusion is undone with the
+    status it replaced (a completed participant is completed again); timed-out and withdrawn participants keep
+    their status."""
     participant = Participant.objects.select_for_update().get(pk=participant.pk)
+    if participant.status == Participant.Status.EXCLUDED and participant.status_before_exclusion:
+        participant.status = participant.status_before_exclusion
+    participant.status_before_exclusion = ""
     participant.excluded = False
     participant.exclusion_reason = ""
-    participant.save(update_fields=["excluded", "exclusion_reason"])
-    audit(by, "participant.include", participant, participant.study)
+    participant.save(update_fields=["status", "status_before_exclusion", "excluded", "exclusion_reason"])
+    audit(by, "participant.include", participant, participant.study, status=participant.status)
     return participant
 
 
@@ -517,6 +620,35 @@ def check_entry(study, external_id, prolific_study_id):
         raise EntryRefused("This link belongs to a different study. Please use the link from Prolific.")
 
 
+def clean_entry_fields(values):
+    """The entry fields of a session start (prolific_pid, study_id, session_id, invite) as text.
+
+    A field that is absent or null is empty; one that is not text, holds a control character or is longer than 100
+    characters is refused with RequestInvalid naming the field. The pages and the JSON API both pass through here."""
+    clean, errors = {}, {}
+    for name in ("prolific_pid", "study_id", "session_id", "invite"):
+        value = values.get(name)
+        if value is None:
+            clean[name] = ""
+        elif not isinstance(value, str):
+            errors[name] = f"{name} must be text"
+        elif not ENTRY_TEXT_PATTERN.match(value.strip()):
+            errors[name] = f"{name} must be at most 100 characters, without control characters"
+        else:
+            clean[name] = value.strip()
+    if errors:
+        raise RequestInvalid("The entry link is not valid: " + "; ".join(errors.values()), errors)
+    return clean
+
+
+def find_study(slug):
+    """The study behind a slug in a link or request, or SessionNotFound."""
+    study = Study.objects.filter(slug=slug).first() if isinstance(slug, str) and SLUG_PATTERN.match(slug) else None
+    if study is None:
+        raise SessionNotFound("No study with this slug.")
+    return study
+
+
 def find_session(study, external_id):
     """The existing session of this Prolific participant, if any (they resume it instead of starting again)."""
     if not external_id:
@@ -526,7 +658,9 @@ def find_session(study, external_id):
 
 def check_invite(study, token):
     """The invite behind a link, or EntryRefused when it is unknown or already used."""
-    invite = Invite.objects.filter(study=study, token=token).first()
+    invite = None
+    if isinstance(token, str) and TOKEN_PATTERN.match(token):
+        invite = Invite.objects.filter(study=study, token=token).first()
     if invite is None:
         raise EntryRefused("This invitation link is not valid.")
     if invite.used_at is not None:
@@ -546,6 +680,10 @@ def start_session(study, *, external_id="", prolific_study_id="", prolific_sessi
     check_entry(study, external_id, (prolific_study_id or "").strip())
     invite = None
     if invite_token:
+        if external_id and find_session(study, external_id) is not None:
+            raise EntryRefused(
+                "This participant id already has a session in this study; continue it through its own link."
+            )
         invite = check_invite(study, invite_token)
         invite = Invite.objects.select_for_update().get(pk=invite.pk)
     elif not external_id:
@@ -604,7 +742,9 @@ def _block2_inputs(study):
 
 def get_session(token):
     """The participant behind a token. An idle session is timed out here, on its first request after the limit."""
-    participant = Participant.objects.select_related("study").filter(token=token).first() if token else None
+    participant = None
+    if isinstance(token, str) and TOKEN_PATTERN.match(token):
+        participant = Participant.objects.select_related("study").filter(token=token).first()
     if participant is None:
         raise SessionNotFound("No study session belongs to this link.")
     if expire_if_idle(participant):
@@ -627,11 +767,11 @@ def _block_trials(participant, block):
 
 @transaction.atomic
 def begin_block(participant, block):
-    """The participant has read the instructions of `block`. Repeating it changes nothing."""
+    """The participant has read the instructions of `block` (the integer 1 or 2). Repeating it changes nothing."""
+    if type(block) is not int or block not in (1, 2):
+        raise RequestInvalid("block must be 1 or 2", {"block": "block must be 1 or 2"})
     participant = _lock_active(participant)
-    started_field = {1: "block1_started_at", 2: "block2_started_at"}.get(block)
-    if started_field is None:
-        raise FlowError("Unknown block.")
+    started_field = {1: "block1_started_at", 2: "block2_started_at"}[block]
     if getattr(participant, started_field):
         return participant
     if block == 2 and participant.n_answers < len(_block_trials(participant, 1)):
@@ -646,12 +786,14 @@ def begin_block(participant, block):
 
 
 def _parse_int(value, name, low, high, errors):
-    if isinstance(value, bool) or value is None or value == "":
+    """A whole number: a JSON integer or a string of ASCII digits (what a form sends); never a bool, a float,
+    other scripts' digits or a string with signs or spaces."""
+    if value is None or value == "":
         errors[name] = f"{name} is required (a whole number from {low} to {high})"
         return None
-    if isinstance(value, str) and re.fullmatch(r"\d{1,9}", value.strip()):
-        value = int(value.strip())
-    if not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, str) and ASCII_NUMBER.fullmatch(value):
+        value = int(value)
+    if type(value) is not int or not low <= value <= high:
         errors[name] = f"{name} must be a whole number from {low} to {high}"
         return None
     return value
@@ -679,7 +821,8 @@ def validate_answer(study, trial, data):
     phase = trial["phase"]
     if phase == "block1":
         clean["realness"] = _parse_int(data.get("realness"), "realness", study.realness_min, study.realness_max, errors)
-        if data.get("slider_moved") not in (True, "true", "1", "on", 1):
+        moved = data.get("slider_moved")
+        if moved is not True and not (isinstance(moved, str) and moved in ("true", "1", "on")):
             errors["slider_moved"] = "move the realness slider before continuing"
         clean["reasons"] = _parse_reasons(data.get("reasons"), len(study.reasons), errors)
         _forbid(data, ["confidence"], phase, errors)
@@ -696,16 +839,20 @@ def validate_answer(study, trial, data):
 
 
 def _parse_reasons(value, n_reasons, errors):
-    if value in (None, ""):
+    """A list of reason numbers (JSON integers, or ASCII digit strings from the form's checkboxes); absent or null
+    is none ticked. A single number that is not in a list is refused."""
+    if value is None:
         return []
-    values = value if isinstance(value, list) else [value]
+    if not isinstance(value, list):
+        errors["reasons"] = f"reasons must be a list of numbers from 1 to {n_reasons}"
+        return []
     numbers = []
-    for item in values:
+    for item in value:
         number = None
-        if isinstance(item, int) and not isinstance(item, bool):
+        if type(item) is int:
             number = item
-        elif isinstance(item, str) and item.strip().isdigit() and len(item.strip()) < 4:
-            number = int(item.strip())
+        elif isinstance(item, str) and ASCII_REASON_NUMBER.fullmatch(item):
+            number = int(item)
         if number is None or not 1 <= number <= n_reasons:
             errors["reasons"] = f"reasons must be numbers from 1 to {n_reasons}"
             return []
@@ -723,6 +870,10 @@ def submit_answer(participant, trial_id, data):
     replays never store a second answer and never change the first. Only the next unanswered trial of an active
     session in an open study can be answered.
     """
+    if not isinstance(trial_id, str):
+        raise AnswerInvalid(
+            "The answer does not say which question it is for.", {"trial": "trial (the question's id) is required"}
+        )
     if expire_if_idle(participant):
         raise SessionEnded("This session timed out because it was idle for too long.")
     try:
@@ -745,7 +896,7 @@ def find_trial(participant, trial_id):
 @transaction.atomic
 def _record_answer(participant, trial_id, data):
     locked = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
-    trial = find_trial(locked, str(trial_id or ""))
+    trial = find_trial(locked, trial_id)
     if trial["sequence"] < locked.n_answers:
         return Response.objects.get(participant=locked, sequence=trial["sequence"]), False
     participant = _lock_active(locked)

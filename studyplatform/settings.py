@@ -195,7 +195,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["studyplatform.permissions.StaffModelPermissions"],
+    "DEFAULT_PARSER_CLASSES": [
+        "studyplatform.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
@@ -205,7 +210,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Staff API for studies, stimuli, participants and responses; participant flow under a token.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "ENUM_NAME_OVERRIDES": {"ConditionEnum": "studyplatform.models.study.CONDITION_CHOICES"},
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],
+    "ENUM_NAME_OVERRIDES": {
+        "ConditionEnum": "studyplatform.models.study.CONDITION_CHOICES",
+        "StudyStatusEnum": "studyplatform.models.study.Study.Status",
+        "ParticipantStatusEnum": "studyplatform.models.study.Participant.Status",
+    },
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

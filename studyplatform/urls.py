@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from studyplatform import api, views
 
@@ -9,7 +9,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", views.api_docs, name="api-docs"),
     path("api/", include(api.urlpatterns)),
     path("s/<slug:slug>/", views.entry, name="study-entry"),
     path("s/<slug:slug>/invite/<str:token>/", views.invite_entry, name="study-invite"),

@@ -4,6 +4,7 @@ A participant's session token lives in the (HttpOnly, server-side) Django sessio
 never carry it; every page asks `services.next_step` what to show and every form posts to one service function.
 """
 
+from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,6 +20,52 @@ IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
 @require_GET
 def home(request):
     return render(request, "home.html")
+
+
+@staff_member_required
+@require_GET
+def api_docs(request):
+    """The staff API and the participant API as one readable page, built on the server from the OpenAPI schema
+    (no script, nothing fetched from elsewhere); the schema itself is at /api/schema/."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    groups = {}
+    for route, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            tag = (operation.get("tags") or ["other"])[0]
+            groups.setdefault(tag, []).append(_operation_summary(route, method, operation))
+    context = {"info": schema.get("info", {}), "groups": sorted(groups.items())}
+    return render(request, "api_docs.html", context)
+
+
+def _operation_summary(route, method, operation):
+    parameters = [
+        f"{p['name']} ({p['in']}{', required' if p.get('required') else ''})" for p in operation.get("parameters", [])
+    ]
+    body = operation.get("requestBody", {}).get("content", {})
+    responses = [
+        f"{code} {_schema_names(answer.get('content', {}))}".strip()
+        for code, answer in operation.get("responses", {}).items()
+    ]
+    return {
+        "method": method.upper(),
+        "path": route,
+        "id": operation.get("operationId", ""),
+        "summary": operation.get("summary") or operation.get("description", ""),
+        "parameters": parameters,
+        "body": _schema_names(body),
+        "responses": responses,
+    }
+
+
+def _schema_names(content):
+    """The schema names of a request or response content map ({media type: {"schema": ...}})."""
+    names = set()
+    for media in content.values():
+        schema = media.get("schema") or {}
+        names.add(schema["$ref"].rsplit("/", 1)[-1] if "$ref" in schema else schema.get("type", "object"))
+    return ", ".join(sorted(names))
 
 
 @require_GET
@@ -58,7 +105,17 @@ def entry(request, slug):
     """Prolific entry link /s/<slug>/?PROLIFIC_PID=..&STUDY_ID=..&SESSION_ID=.. : consent, then the session."""
     study = get_object_or_404(Study, slug=slug)
     source = request.POST if request.method == "POST" else request.GET
-    params = {name: source.get(name, "").strip() for name in ENTRY_PARAMS}
+    try:
+        entry_fields = services.clean_entry_fields(
+            {
+                "prolific_pid": source.get("PROLIFIC_PID"),
+                "study_id": source.get("STUDY_ID"),
+                "session_id": source.get("SESSION_ID"),
+            }
+        )
+    except services.FlowError as error:
+        return _error(request, study, error)
+    params = dict(zip(ENTRY_PARAMS, (entry_fields[k] for k in ("prolific_pid", "study_id", "session_id"))))
     current = _current_participant(request, study)
     if current is not None and (not params["PROLIFIC_PID"] or params["PROLIFIC_PID"] == current.external_id):
         return redirect("study-run", slug=study.slug)
@@ -130,7 +187,9 @@ def run(request, slug):
     if request.method == "POST":
         try:
             if request.POST.get("action") == "begin":
-                services.begin_block(participant, int(request.POST.get("block", "0") or 0))
+                # The form sends the block as text; begin_block refuses anything but 1 or 2.
+                block = {"1": 1, "2": 2}.get(request.POST.get("block", ""), request.POST.get("block"))
+                services.begin_block(participant, block)
                 return redirect("study-run", slug=study.slug)
             trial = services.find_trial(participant, request.POST.get("trial", ""))
             submitted = _answer_from_form(request.POST, trial["phase"])
@@ -138,9 +197,7 @@ def run(request, slug):
             return redirect("study-run", slug=study.slug)
         except services.AnswerInvalid as error:
             errors = error.errors
-        except (services.FlowError, ValueError) as error:
-            if not isinstance(error, services.FlowError):
-                error = services.FlowError("That request was not understood.")
+        except services.FlowError as error:
             return _error(request, study, error)
         participant.refresh_from_db()
     step = services.next_step(participant)

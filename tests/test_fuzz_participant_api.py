@@ -44,9 +44,10 @@ def send(client, method, path, body=None, media_type="application/json", query=N
 
 
 @pytest.fixture
-def participant_schema(client):
-    # Loaded through the test client: the WSGI handler would close the test's database connection.
-    schema = schemathesis.openapi.from_dict(client.get("/api/schema/?format=json").json())
+def participant_schema(admin_client):
+    # Loaded through the test client (the schema is for staff): the WSGI handler would close the test's database
+    # connection.
+    schema = schemathesis.openapi.from_dict(admin_client.get("/api/schema/?format=json").json())
     return schema.include(path_regex="^/api/participant/")
 
 

@@ -94,6 +94,7 @@ class Study(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "studies"
+        permissions = [("export_raw_ids", "Can export raw Prolific ids")]
 
     def __str__(self):
         return self.title
@@ -193,6 +194,12 @@ class Participant(models.Model):
     n_answers = models.PositiveIntegerField(default=0)
     excluded = models.BooleanField(default=False)
     exclusion_reason = models.CharField(max_length=200, blank=True)
+    status_before_exclusion = models.CharField(
+        max_length=12,
+        choices=Status.choices,
+        blank=True,
+        help_text="the status a researcher's exclusion replaced; 'include again' restores it",
+    )
 
     consented_at = models.DateTimeField()
     block1_started_at = models.DateTimeField(null=True, blank=True)
