@@ -164,3 +164,16 @@ def test_do_disease_reruns_only_the_branch_and_matches_the_full_decoder():
         older = dict(pa, age=pa["age"] + 10)
         assert not hvae.trunk_unchanged(seen, older)
     assert torch.allclose(fast, full, atol=1e-6)
+
+
+def test_the_rectifier_outputs_exact_zeros_but_still_passes_a_gradient_there():
+    from generator.causal.hvae import RECTIFIER_LEAK, rectify
+
+    m = torch.tensor([-0.5, 0.0, 0.3, -0.2], requires_grad=True)
+    out = rectify(m)
+    assert torch.equal(out.detach(), torch.tensor([0.0, 0.0, 0.3, 0.0]))
+    # the loss asks for more opacity at the first three pixels and for less at the last
+    (-(out[:3].sum()) + out[3]).backward()
+    # a map driven below zero can still come back when the likelihood asks for a lesion, and is never pushed further
+    # down where its output cannot change
+    assert torch.allclose(m.grad, torch.tensor([-RECTIFIER_LEAK, -RECTIFIER_LEAK, -1.0, 0.0]))

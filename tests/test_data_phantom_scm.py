@@ -206,3 +206,22 @@ def test_phantom_cache_round_trips(tmp_path):
     cached = make_phantom_splits(12, 32, seed=1, cache_dir=tmp_path)
     assert torch.equal(made["train"].x, cached["train"].x)
     assert np.array_equal(made["train"].u["noise_seed"].numpy(), cached["train"].u["noise_seed"].numpy())
+
+
+def test_the_plausible_zone_of_a_lesion_holds_its_true_mask_and_more_but_stays_in_the_chest(scm, batch):
+    pa, u, _, _ = batch
+    healthy = torch.nonzero(pa["disease"] == HEALTHY).flatten()[:12]
+    sub_pa, sub_u = {k: v[healthy] for k, v in pa.items()}, u[healthy]
+    for disease, name in ((EFFUSION, "effusion"), (PNEUMONIA, "pneumonia")):
+        zone = scm.plausible_zone(sub_pa, sub_u, disease, 64, draws=24, rng=0)
+        # the lesion this patient's own noise would give lies (nearly all) in the zone: the zone is a finite union
+        _, _, masks = scm.true_counterfactual(sub_pa, sub_u, {"disease": disease}, 64)
+        assert (masks[name] & zone).sum() >= 0.95 * masks[name].sum()
+        # other draws of the lesion's noise reach further than one lesion, but not over the whole image
+        assert zone.sum() > masks[name].sum()
+        assert zone.float().mean() < 0.5
+    # the zone depends on nothing but the lesion's noise: the same seed gives the same zone
+    again = scm.plausible_zone(sub_pa, sub_u, EFFUSION, 64, draws=24, rng=0)
+    assert torch.equal(again, scm.plausible_zone(sub_pa, sub_u, EFFUSION, 64, draws=24, rng=0))
+    with pytest.raises(ValueError):
+        scm.plausible_zone(sub_pa, sub_u, HEALTHY, 64)

@@ -31,7 +31,8 @@ LOG_SIGMA_MIN, LOG_SIGMA_MAX = -5.0, 0.0
 BIN_HALF_WIDTH = 1.0 / 255.0
 LESION_SEED_SIZE = 8  # side of the spatial seed a lesion code is mapped to, and of the pooled posterior input
 LESION_HIDDEN = 128  # hidden width of the lesion posterior
-LESION_SUPPORT_INIT = 0.02  # starting bias of a rectified lesion map: small, but above zero so gradients flow
+LESION_MEAN_BOUND = 5.0  # posterior means of the lesion code stay within about +-5 prior standard deviations
+RECTIFIER_LEAK = 0.1  # gradient slope of the lesion map's rectifier where it outputs zero (see Rectify)
 
 
 @dataclass
@@ -173,6 +174,34 @@ def discretised_gaussian_log_likelihood(x, mean, log_sigma):
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_survival_lower, middle))
 
 
+class Rectify(torch.autograd.Function):
+    """max(m, 0) forward; where it is zero, a small gradient that can only raise m.
+
+    The support gate of the lesion map must output exact zeros, so a counterfactual leaves every pixel outside the
+    lesion as it was. A plain ReLU also stops the gradient there: early in training, before the anatomy adversary
+    has pushed the lesions out of the trunk, the likelihood drives the whole map below zero and the branch never
+    draws again (seen on the phantom: an all-zero map after 1,000 steps). Where the map is zero, the gradient is
+    passed (scaled by RECTIFIER_LEAK) only when the loss asks for MORE opacity: a two-sided leak would keep pushing
+    m down where the image is darker than the mean, without the output ever changing, and the weights diverge.
+    """
+
+    @staticmethod
+    def forward(ctx, m):
+        ctx.save_for_backward(m)
+        return m.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (m,) = ctx.saved_tensors
+        wants_more = grad < 0  # descent raises m
+        scale = torch.where(m > 0, 1.0, torch.where(wants_more, RECTIFIER_LEAK, 0.0))
+        return grad * scale.to(grad.dtype)
+
+
+def rectify(m):
+    return Rectify.apply(m)
+
+
 class ConditionalHVAE(nn.Module):
     def __init__(self, preset, graph):
         super().__init__()
@@ -248,11 +277,9 @@ class ConditionalHVAE(nn.Module):
             # is a smooth opacity, and the free 2x2 sub-pixels of a patch-unfolding head let counterfactual training
             # paint checkerboard patterns that convince a classifier without being a lesion
             self.lesion_output = nn.Conv2d(widths[top], 1, 3, padding=1)
-            with torch.no_grad():  # the branch starts by drawing nothing (with a support gate: a faint even veil,
-                for parameter in self.lesion_output.parameters():  # so that the rectifier passes a gradient)
+            with torch.no_grad():  # the branch starts by drawing nothing
+                for parameter in self.lesion_output.parameters():
                     parameter.zero_()
-                if self.lesion_support:
-                    self.lesion_output.bias.fill_(LESION_SUPPORT_INIT)
         if self.lesion_latent_dim:
             self.lesion_classes = graph[self.lesion_node].cardinality - 1
             # q(z_L | x, disease): read from the encoder at the finest resolution up to 16 px, pooled to at most 8 px
@@ -307,7 +334,7 @@ class ConditionalHVAE(nn.Module):
         present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
         lesion = self.lesion_output(F.gelu(r))
         if self.lesion_support:
-            lesion = F.relu(lesion)
+            lesion = rectify(lesion)
         if lesion.shape[-1] != self.resolution:
             size = (self.resolution, self.resolution)
             lesion = F.interpolate(lesion, size=size, mode="bilinear", align_corners=False)
@@ -320,6 +347,9 @@ class ConditionalHVAE(nn.Module):
         stats = self.lesion_posterior(h.flatten(1)).view(len(h), self.lesion_classes, 2, self.lesion_latent_dim)
         slots = self.disease_slots(pa).to(stats.dtype)[:, :, None, None]
         mean, logstd = (stats * slots).sum(1).unbind(1)
+        # softly bounded: a code far outside the prior's bulk is never a plausible lesion, and an unbounded mean
+        # lets one bad step run away
+        mean = LESION_MEAN_BOUND * torch.tanh(mean / LESION_MEAN_BOUND)
         return mean, logstd.clamp(-7.0, 2.0)
 
     def prior_lesion_latents(self, n, device, generator=None, dtype=torch.float32):
