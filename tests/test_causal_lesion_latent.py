@@ -177,3 +177,15 @@ def test_the_rectifier_outputs_exact_zeros_but_still_passes_a_gradient_there():
     # a map driven below zero can still come back when the likelihood asks for a lesion, and is never pushed further
     # down where its output cannot change
     assert torch.allclose(m.grad, torch.tensor([-RECTIFIER_LEAK, -RECTIFIER_LEAK, -1.0, 0.0]))
+
+
+def test_the_sparsity_term_adds_the_mean_lesion_map_to_the_objective_of_diseased_images_only():
+    model = latent_model()
+    hvae = model.hvae
+    x, pa = batch([0, 1, 2])
+    hvae.lesion_sparsity = 2.0
+    out = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))
+    gap = (out["objective"] - out["free_energy"]).detach()
+    expected = 2.0 * out["lesion"].detach().abs().flatten(1).mean(1)
+    assert gap[0] == 0 and (gap[1:] > 0).all()
+    assert torch.allclose(gap, expected, atol=1e-6)

@@ -267,6 +267,7 @@ class ConditionalHVAE(nn.Module):
         self.lesion_latent_dim = preset.lesion_latent if self.lesion_node is not None else 0
         self.lesion_support = bool(preset.lesion_support) and self.lesion_node is not None
         self.lesion_free_bits = float(preset.lesion_free_bits)
+        self.lesion_sparsity = float(preset.lesion_sparsity) if self.lesion_node is not None else 0.0
         if self.lesion_node is not None:
             self.lesion_parent_net = parent_mlp(encoded_width(graph, graph.names), embedding)
             self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
@@ -452,7 +453,8 @@ class ConditionalHVAE(nn.Module):
         """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents.
 
         `objective` is what training minimises: the free energy, except that with `lesion_free_bits` the lesion
-        code's KL counts as at least that many nats on a diseased image (so the code is used, not ignored).
+        code's KL counts as at least that many nats on a diseased image (so the code is used, not ignored), and with
+        `lesion_sparsity` the mean absolute lesion map is added (the smallest lesion layer that explains the image).
         """
         decoded = self.decode(pa, self.encode(x), sample=True, generator=generator)
         mean, log_sigma, latents, kls = (decoded[k] for k in ("mean", "log_sigma", "latents", "kls"))
@@ -465,6 +467,10 @@ class ConditionalHVAE(nn.Module):
             present = (pa[self.lesion_node] != 0).to(lesion_kl.dtype)
             floor = (lesion_kl.clamp(min=self.lesion_free_bits) - lesion_kl) * present
             objective = objective + floor / dims
+        if self.lesion_sparsity > 0 and decoded["lesion"] is not None:
+            # the likelihood sees only anatomy + lesion, so it cannot tell a faint veil drawn by the branch from the
+            # same veil drawn by the trunk; the smaller lesion layer wins the tie
+            objective = objective + self.lesion_sparsity * decoded["lesion"].abs().flatten(1).mean(1)
         # the sampled latents and the residual under them are a posterior draw of the exogenous noise: counterfactual
         # training makes its counterfactuals from them, so the ELBO and the predictors judge the same draw
         abduction = self.abduction(x, pa, decoded)

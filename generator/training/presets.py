@@ -40,6 +40,10 @@ class Preset:
     # with a lesion latent: the KL of a diseased image's lesion code counts as at least this many nats in training
     # (free bits), so the code is used instead of collapsing to the prior
     lesion_free_bits: float = 0.0
+    # with a lesion branch: weight of mean|lesion map| in the ELBO stage's objective (nats per pixel per unit of map).
+    # The likelihood only sees anatomy + lesion and cannot tell a veil over the whole lung drawn by the branch from
+    # the same veil drawn by the trunk; this breaks the tie towards the smallest lesion layer
+    lesion_sparsity: float = 0.0
     # optimisation of the image model
     lr: float = 5e-5
     betas: tuple = (0.9, 0.9)
