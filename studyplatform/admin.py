@@ -106,11 +106,11 @@ class CaseInline(admin.TabularInline):
 @admin.register(Study)
 class StudyAdmin(ExportPermission, admin.ModelAdmin):
     form = StudyForm
-    list_display = ("title", "slug", "status", "counts", "opened_at")
+    list_display = ("title", "slug", "status", "counts", "sessions_refused", "opened_at")
     list_filter = ("status",)
     search_fields = ("title", "slug")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("status", "opened_at", "closed_at", "prolific_link", "readiness", "counts")
+    readonly_fields = ("status", "opened_at", "closed_at", "prolific_link", "readiness", "counts", "sessions_refused")
     inlines = [CaseInline]
     actions = [
         "open_studies",
@@ -121,7 +121,7 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
         "generate_stimuli",
     ]
     fieldsets = (
-        (None, {"fields": ("title", "slug", "status", "readiness", "counts", "prolific_link")}),
+        (None, {"fields": ("title", "slug", "status", "readiness", "counts", "sessions_refused", "prolific_link")}),
         ("Texts", {"fields": ("consent_text", "instructions_block1", "instructions_block2", "debrief_text")}),
         (
             "Questions",

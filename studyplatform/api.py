@@ -33,7 +33,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response as ApiResponse
 from rest_framework.routers import DefaultRouter
 
-from studyplatform import export, images, services
+from studyplatform import export, images, ratelimit, services
 from studyplatform.models import Case, Participant, Response, Stimulus, Study
 from studyplatform.models.study import CONDITION_CHOICES
 from studyplatform.parsers import BoundedJSONParser
@@ -134,7 +134,7 @@ class ParticipantSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Participant
-        exclude = ["token", "plan"]
+        exclude = ["token", "resume_code", "plan"]
 
 
 class ResponseSerializer(serializers.ModelSerializer):
@@ -344,6 +344,9 @@ SessionStart = inline_serializer(
         "study_id": serializers.CharField(required=False),
         "session_id": serializers.CharField(required=False),
         "invite": serializers.CharField(required=False),
+        "resume_code": serializers.CharField(
+            required=False, help_text="continues an existing session started in another browser"
+        ),
     },
 )
 Step = inline_serializer(
@@ -377,7 +380,10 @@ ProblemOut = inline_serializer(
 
 
 def _problem(error):
-    return ApiResponse({"error": error.code, "detail": error.message, "fields": error.errors}, status=error.status)
+    response = ApiResponse({"error": error.code, "detail": error.message, "fields": error.errors}, status=error.status)
+    if error.status == 429:
+        response["Retry-After"] = str(settings.SESSION_START_LIMITS["window_seconds"])
+    return response
 
 
 def _json_object(request, not_an_object=services.RequestInvalid):
@@ -439,7 +445,15 @@ def participant_endpoint(view):
 
 @extend_schema(
     request=SessionStart,
-    responses={200: Step, 201: Step, 400: ProblemOut, 403: ProblemOut, 404: ProblemOut, 413: ProblemOut},
+    responses={
+        200: Step,
+        201: Step,
+        400: ProblemOut,
+        403: ProblemOut,
+        404: ProblemOut,
+        413: ProblemOut,
+        429: ProblemOut,
+    },
     operation_id="participant_session_start",
 )
 @api_view(["POST"])
@@ -454,12 +468,18 @@ def participant_start(request):
     entry = services.clean_entry_fields(data)
     participant, created = services.start_session(
         study,
+        client=ratelimit.client_address(request),
         external_id=entry["prolific_pid"],
         prolific_study_id=entry["study_id"],
         prolific_session_id=entry["session_id"],
         invite_token=entry["invite"] or None,
+        resume_code=entry["resume_code"],
     )
-    payload = {"token": participant.token, **_step_payload(participant)}
+    payload = {
+        "token": participant.token,
+        "resume_code": services.format_resume_code(participant.resume_code),
+        **_step_payload(participant),
+    }
     return ApiResponse(payload, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 

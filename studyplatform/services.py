@@ -16,10 +16,11 @@ from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, get_random_string
 
-from studyplatform import counterbalance, images
+from studyplatform import counterbalance, images, ratelimit
 from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
 from studyplatform.models.study import CONDITIONS
 
@@ -37,6 +38,9 @@ ENTRY_TEXT_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{0,100}$")
 ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
 ASCII_REASON_NUMBER = re.compile(r"[0-9]{1,3}")
 MAX_RT_MS = 24 * 3600 * 1000
+# Resume codes: 8 characters a person can read out and type (no 0/O, 1/I/L), shown as two groups of four.
+RESUME_CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+RESUME_CODE_LENGTH = 8
 CASE_FIELDS = {"label", "source_id", "position", "true_condition", "cf_condition"}
 ANSWER_FIELDS = {"diagnosis", "realness", "slider_moved", "reasons", "confidence", "rt_ms"}
 
@@ -76,6 +80,18 @@ class UnsupportedMediaType(FlowError):
 class EntryRefused(FlowError):
     status = 403
     code = "entry_refused"
+
+
+class ResumeRequired(EntryRefused):
+    """The session exists but this browser does not hold it: continuing needs Prolific's SESSION_ID of that session
+    or the resume code shown when it started."""
+
+    code = "resume_required"
+
+
+class TooManyRequests(FlowError):
+    status = 429
+    code = "rate_limited"
 
 
 class SessionNotFound(FlowError):
@@ -205,6 +221,9 @@ def save_study(study, by=None, changed=()):
         if frozen:
             raise StudyFrozen(locked, frozen)
         study.status = locked.status
+        # Counters move with sessions, not with the researcher's form: keep the stored values.
+        study.participant_counter = locked.participant_counter
+        study.sessions_refused = locked.sessions_refused
         if locked.status != Study.Status.DRAFT:
             versions = {
                 name: {"old": getattr(locked, name), "new": getattr(study, name)}
@@ -610,23 +629,65 @@ def expire_if_idle(participant, now=None):
 # --- participant session ------------------------------------------------------------------------------------------
 
 
-def check_entry(study, external_id, prolific_study_id):
-    """Refuse an entry link for a closed study, a malformed PROLIFIC_PID or a STUDY_ID of another study."""
+def check_entry(study, external_id, prolific_study_id, session_id=None):
+    """Refuse an entry link for a closed study, a malformed PROLIFIC_PID or a STUDY_ID of another study, and (when
+    `session_id` is given) a Prolific link without Prolific's SESSION_ID in a study that runs on Prolific."""
     if study.status != Study.Status.OPEN:
         raise StudyNotOpen("This study is not open at the moment.")
     if external_id and not EXTERNAL_ID_PATTERN.match(external_id):
         raise EntryRefused("The participant id in this link is not valid.")
     if study.prolific_study_id and prolific_study_id != study.prolific_study_id:
         raise EntryRefused("This link belongs to a different study. Please use the link from Prolific.")
+    if session_id is not None and external_id and study.prolific_study_id and not session_id:
+        raise EntryRefused("This link lacks Prolific's SESSION_ID. Please open the study through Prolific.")
+
+
+def new_resume_code():
+    return get_random_string(RESUME_CODE_LENGTH, RESUME_CODE_ALPHABET)
+
+
+def normalise_resume_code(text):
+    """A typed resume code as stored: upper case, without spaces or dashes."""
+    return re.sub(r"[\s-]", "", text or "").upper()
+
+
+def format_resume_code(code):
+    """ABCD-EFGH, as the participant is shown it."""
+    half = len(code) // 2
+    return f"{code[:half]}-{code[half:]}" if code else ""
+
+
+def resume_session(participant, *, session_id="", resume_code=""):
+    """Let a browser that does not hold `participant`'s session continue it: with the SESSION_ID Prolific gave that
+    session, or with its resume code. Wrong codes are counted per session; after
+    SESSION_START_LIMITS["resume_code_attempts"] in a window, no code is accepted until the window ends."""
+    stored_session_id = participant.prolific_session_id
+    if session_id and stored_session_id and constant_time_compare(session_id, stored_session_id):
+        return participant
+    if not resume_code:
+        raise ResumeRequired(
+            "You have already started this study in another browser or window. To continue it here, enter the "
+            "resume code you were shown when you started, or open the study again through your Prolific link."
+        )
+    if ratelimit.resume_attempts_left(participant) <= 0:
+        raise TooManyRequests("Too many wrong resume codes for this session; please try again in an hour.")
+    code = normalise_resume_code(resume_code)
+    if participant.resume_code and constant_time_compare(code, participant.resume_code):
+        return participant
+    ratelimit.wrong_resume_code(participant)
+    raise ResumeRequired(
+        "That resume code is not the one of this session. Please check it and try again.",
+        {"resume_code": "the resume code does not match this session"},
+    )
 
 
 def clean_entry_fields(values):
-    """The entry fields of a session start (prolific_pid, study_id, session_id, invite) as text.
+    """The entry fields of a session start (prolific_pid, study_id, session_id, invite, resume_code) as text.
 
     A field that is absent or null is empty; one that is not text, holds a control character or is longer than 100
     characters is refused with RequestInvalid naming the field. The pages and the JSON API both pass through here."""
     clean, errors = {}, {}
-    for name in ("prolific_pid", "study_id", "session_id", "invite"):
+    for name in ("prolific_pid", "study_id", "session_id", "invite", "resume_code"):
         value = values.get(name)
         if value is None:
             clean[name] = ""
@@ -656,34 +717,80 @@ def find_session(study, external_id):
     return Participant.objects.filter(study=study, external_id=external_id).first()
 
 
-def check_invite(study, token):
-    """The invite behind a link, or EntryRefused when it is unknown or already used."""
+def find_invite(study, token):
+    """The invite behind a link (used or not), or EntryRefused when there is none."""
     invite = None
     if isinstance(token, str) and TOKEN_PATTERN.match(token):
         invite = Invite.objects.filter(study=study, token=token).first()
     if invite is None:
         raise EntryRefused("This invitation link is not valid.")
-    if invite.used_at is not None:
-        raise EntryRefused("This invitation link has already been used.")
     return invite
 
 
-@transaction.atomic
-def start_session(study, *, external_id="", prolific_study_id="", prolific_session_id="", invite_token=None):
-    """Start the session of a participant who consented (or resume theirs). Returns (participant, created).
+def check_invite(study, token):
+    """The unused invite behind a link; EntryRefused when it is unknown, ResumeRequired when it was used (its
+    session continues in another browser with the resume code only)."""
+    invite = find_invite(study, token)
+    if invite.used_at is not None:
+        raise ResumeRequired(
+            "This invitation link has already been used. If you started the study with it in another browser or "
+            "on another device, enter the resume code you were shown then to continue here."
+        )
+    return invite
 
-    A Prolific participant is identified by PROLIFIC_PID: a second start returns their existing session. An invite
-    link starts one session only. The study row is locked so participant indexes (the counterbalancing) are dense.
-    """
+
+def invite_session(invite):
+    return Participant.objects.filter(invite=invite).select_related("study").first()
+
+
+def start_session(study, *, client=None, **entry):
+    """Start the session of a participant who consented, or let them resume theirs. Returns (participant, created).
+
+    `entry` holds external_id, prolific_study_id, prolific_session_id, invite_token and resume_code (see
+    `_start_session`). `client` is the requester's address for the rate limits (None: a caller inside the server,
+    counted against the study's limit only). A start over a limit raises TooManyRequests and is counted on the
+    study (`sessions_refused`)."""
+    try:
+        return _start_session(study, client=client, **entry)
+    except TooManyRequests as refusal:
+        if refusal.errors.get("limit") in ("per_client", "per_study"):
+            Study.objects.filter(pk=study.pk).update(sessions_refused=F("sessions_refused") + 1)
+            logger.warning(
+                "session start refused study=%s limit=%s client=%s", study.slug, refusal.errors["limit"], client
+            )
+        raise
+
+
+@transaction.atomic
+def _start_session(
+    study,
+    *,
+    client=None,
+    external_id="",
+    prolific_study_id="",
+    prolific_session_id="",
+    invite_token=None,
+    resume_code="",
+):
+    """A Prolific participant is identified by PROLIFIC_PID; a second start with it continues their session only
+    with the same SESSION_ID or the session's resume code (`resume_session`). An invite link starts one session;
+    once used, it continues that session with the resume code only. The study row is locked so participant indexes
+    (the counterbalancing) are dense."""
     study = Study.objects.select_for_update().get(pk=study.pk)
     external_id = (external_id or "").strip()
-    check_entry(study, external_id, (prolific_study_id or "").strip())
+    prolific_session_id = (prolific_session_id or "").strip()
+    check_entry(study, external_id, (prolific_study_id or "").strip(), None if invite_token else prolific_session_id)
     invite = None
     if invite_token:
         if external_id and find_session(study, external_id) is not None:
             raise EntryRefused(
                 "This participant id already has a session in this study; continue it through its own link."
             )
+        invite = find_invite(study, invite_token)
+        if invite.used_at is not None and resume_code:
+            participant = invite_session(invite)
+            if participant is not None:
+                return resume_session(participant, resume_code=resume_code), False
         invite = check_invite(study, invite_token)
         invite = Invite.objects.select_for_update().get(pk=invite.pk)
     elif not external_id:
@@ -691,7 +798,14 @@ def start_session(study, *, external_id="", prolific_study_id="", prolific_sessi
     else:
         existing = find_session(study, external_id)
         if existing is not None:
-            return existing, False
+            return resume_session(existing, session_id=prolific_session_id, resume_code=resume_code), False
+
+    refused_by = ratelimit.take_session_start(study, client)
+    if refused_by is not None:
+        raise TooManyRequests(
+            "Too many new sessions have been started from here in a short time; please try again later.",
+            {"limit": refused_by},
+        )
 
     study.participant_counter += 1
     study.save(update_fields=["participant_counter"])
@@ -709,6 +823,7 @@ def start_session(study, *, external_id="", prolific_study_id="", prolific_sessi
         study=study,
         index=study.participant_counter,
         token=secrets.token_urlsafe(32),
+        resume_code=new_resume_code(),
         external_id=external_id,
         prolific_study_id=(prolific_study_id or "")[:100],
         prolific_session_id=(prolific_session_id or "")[:100],
@@ -1017,13 +1132,15 @@ def next_step(participant):
         return {**step, "state": "instructions", "block": 1}
     if trial["block"] == 2 and not participant.block2_started_at:
         return {**step, "state": "instructions", "block": 2}
-    upcoming = plan[done : done + 2]
-    ids = {i for t in upcoming for i in (t.get("stimulus"), t.get("cf_stimulus")) if i}
+    # The next trial's images are preloaded, except a counterfactual: its token is issued only with its own trial,
+    # i.e. once the Block-2 first answer it follows is stored, so it cannot be fetched (or seen) any earlier.
+    following = plan[done + 1] if done + 1 < len(plan) else None
+    preload_ids = [following["stimulus"]] if following and following.get("stimulus") else []
+    ids = {i for i in (trial.get("stimulus"), trial.get("cf_stimulus"), *preload_ids) if i}
     tokens = dict(Stimulus.objects.filter(pk__in=ids).values_list("pk", "token"))
-    following = public_trial(participant, upcoming[1], tokens) if len(upcoming) > 1 else None
     return {
         **step,
         "state": "trial",
         "trial": public_trial(participant, trial, tokens),
-        "preload": following["images"] if following else [],
+        "preload": [tokens[i] for i in preload_ids],
     }

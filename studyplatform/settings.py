@@ -92,6 +92,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "studyplatform.middleware.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -161,6 +162,19 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Content-Security-Policy on every response: scripts and styles from this site's static files only (no inline script
+# or style attribute), images from this site, nothing framed, forms post back to this site. The Django admin sets
+# inline styles (widgets, the progress bars and thumbnails of this project's admin), so paths under /admin/ allow
+# inline styles and data: images; scripts stay limited to this site's files there too.
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; connect-src 'self'; "
+    "manifest-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+)
+CONTENT_SECURITY_POLICY_RELAXED = {
+    "/admin/": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+}
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -169,6 +183,28 @@ if not DEBUG:
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+
+# Django's cache holds the rate-limit counters. The default (memory of one process) suits one web process; with
+# several (gunicorn -w 4) set CACHE_URL=redis://host:6379/1 so that every process counts together.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL.startswith(("redis://", "rediss://"))
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "studyplatform"}
+}
+# New participant sessions per client address and per study in each window; more are refused (429) and counted on
+# the study. Wrong resume codes per session in each window before the session refuses further codes.
+SESSION_START_LIMITS = {
+    "per_client": int(os.environ.get("SESSION_STARTS_PER_CLIENT", 200)),
+    "per_study": int(os.environ.get("SESSION_STARTS_PER_STUDY", 2000)),
+    "window_seconds": int(os.environ.get("SESSION_STARTS_WINDOW_SECONDS", 3600)),
+    "resume_code_attempts": int(os.environ.get("RESUME_CODE_ATTEMPTS", 10)),
+}
+# The request header that carries the client's address behind a reverse proxy (e.g. X-Real-IP set by nginx); empty
+# means the connection's address (REMOTE_ADDR). Only name a header your proxy always sets.
+CLIENT_ADDRESS_HEADER = os.environ.get("CLIENT_ADDRESS_HEADER", "")
+# How long a browser stays bound to a participant session it started or resumed (the signed cookie's lifetime).
+PARTICIPANT_COOKIE_MAX_AGE = int(os.environ.get("PARTICIPANT_COOKIE_MAX_AGE", 30 * 24 * 3600))
 
 # Background jobs. The default broker is Celery's filesystem transport under var/celery: a local worker
 # (`make worker`) picks tasks up with no server to install. Deployments point CELERY_BROKER_URL at Redis.

@@ -1,17 +1,19 @@
 """Pages: the home page, the health check, the participant's study session and the blinded image endpoint.
 
-A participant's session token lives in the (HttpOnly, server-side) Django session under the study's slug, so links
-never carry it; every page asks `services.next_step` what to show and every form posts to one service function.
+A browser holds a participant's session through a signed, HttpOnly cookie per study (see `_bind`), so links never
+carry a credential; every page asks `services.next_step` what to show and every form posts to one service function.
 """
 
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from studyplatform import images, services
-from studyplatform.models import Stimulus, Study
+from studyplatform import images, ratelimit, services
+from studyplatform.models import Participant, Stimulus, Study
 
 ENTRY_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
 IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
@@ -75,34 +77,69 @@ def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
-def _session_key(study):
-    return f"study-session:{study.slug}"
+BROWSER_COOKIE_SALT = "studyplatform.participant-browser"
 
 
-def _remember(request, study, participant):
-    request.session.cycle_key()
-    request.session[_session_key(study)] = participant.token
+def _cookie_name(study):
+    return f"study-{study.slug}"
+
+
+def _bind(response, study, participant):
+    """Bind this browser to the participant's session: a signed, HttpOnly cookie naming the participant, sent only
+    to the study's own pages. The participant token (the JSON API's credential) never reaches the browser."""
+    response.set_signed_cookie(
+        _cookie_name(study),
+        str(participant.pk),
+        salt=BROWSER_COOKIE_SALT,
+        max_age=settings.PARTICIPANT_COOKIE_MAX_AGE,
+        path=f"/s/{study.slug}/",
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 def _current_participant(request, study):
-    token = request.session.get(_session_key(study))
-    if not token:
+    """The participant whose session this browser holds in `study` (from its signed cookie), or None."""
+    participant_id = request.get_signed_cookie(
+        _cookie_name(study), default=None, salt=BROWSER_COOKIE_SALT, max_age=settings.PARTICIPANT_COOKIE_MAX_AGE
+    )
+    if not participant_id:
         return None
     try:
-        participant = services.get_session(token)
-    except services.SessionNotFound:
-        del request.session[_session_key(study)]
+        token = Participant.objects.filter(pk=participant_id, study=study).values_list("token", flat=True).first()
+        return services.get_session(token) if token else None
+    except (ValueError, ValidationError, services.SessionNotFound):
         return None
-    return participant if participant.study_id == study.pk else None
 
 
-def _error(request, study, error):
-    return render(request, "study/error.html", {"study": study, "message": error.message}, status=error.status)
+def _continue(study, participant):
+    return _bind(redirect("study-run", slug=study.slug), study, participant)
+
+
+def _error(request, study, error, participant=None):
+    context = {"study": study, "message": error.message, "participant": participant}
+    return render(request, "study/error.html", context, status=error.status)
+
+
+def _resume_form(request, study, error, hidden=None, status=None):
+    """The page that lets a participant continue their session in this browser with their resume code."""
+    context = {
+        "study": study,
+        "message": error.message,
+        "wrong_code": "resume_code" in error.errors,
+        "hidden": hidden or {},
+    }
+    return render(request, "study/resume.html", context, status=status or error.status)
 
 
 @require_http_methods(["GET", "POST"])
 def entry(request, slug):
-    """Prolific entry link /s/<slug>/?PROLIFIC_PID=..&STUDY_ID=..&SESSION_ID=.. : consent, then the session."""
+    """Prolific entry link /s/<slug>/?PROLIFIC_PID=..&STUDY_ID=..&SESSION_ID=.. : consent, then the session.
+
+    A PROLIFIC_PID that already has a session continues it here only with that session's SESSION_ID or its resume
+    code (a form on the page); otherwise the PID alone would hand anyone the session."""
     study = get_object_or_404(Study, slug=slug)
     source = request.POST if request.method == "POST" else request.GET
     try:
@@ -111,6 +148,7 @@ def entry(request, slug):
                 "prolific_pid": source.get("PROLIFIC_PID"),
                 "study_id": source.get("STUDY_ID"),
                 "session_id": source.get("SESSION_ID"),
+                "resume_code": request.POST.get("resume_code"),
             }
         )
     except services.FlowError as error:
@@ -120,48 +158,59 @@ def entry(request, slug):
     if current is not None and (not params["PROLIFIC_PID"] or params["PROLIFIC_PID"] == current.external_id):
         return redirect("study-run", slug=study.slug)
     try:
-        services.check_entry(study, params["PROLIFIC_PID"], params["STUDY_ID"])
+        services.check_entry(study, params["PROLIFIC_PID"], params["STUDY_ID"], params["SESSION_ID"])
         if not params["PROLIFIC_PID"]:
             raise services.EntryRefused("Please open the study through the link you were given.")
         existing = services.find_session(study, params["PROLIFIC_PID"])
         if existing is not None:
-            _remember(request, study, existing)
-            return redirect("study-run", slug=study.slug)
+            resumed = services.resume_session(
+                existing, session_id=params["SESSION_ID"], resume_code=entry_fields["resume_code"]
+            )
+            return _continue(study, resumed)
         if request.method == "GET":
             return render(request, "study/consent.html", {"study": study, "params": params})
         if request.POST.get("decision") != "accept":
             return render(request, "study/declined.html", {"study": study})
         participant, _ = services.start_session(
             study,
+            client=ratelimit.client_address(request),
             external_id=params["PROLIFIC_PID"],
             prolific_study_id=params["STUDY_ID"],
             prolific_session_id=params["SESSION_ID"],
         )
+    except services.ResumeRequired as error:
+        status = 403 if error.errors else 200
+        return _resume_form(request, study, error, hidden=params, status=status)
     except services.FlowError as error:
         return _error(request, study, error)
-    _remember(request, study, participant)
-    return redirect("study-run", slug=study.slug)
+    return _continue(study, participant)
 
 
 @require_http_methods(["GET", "POST"])
 def invite_entry(request, slug, token):
-    """A single-use invitation link: consent, then the session; the same browser may come back to it."""
+    """A single-use invitation link: consent, then the session. The browser that used it comes back to its session;
+    another browser continues it with the session's resume code."""
     study = get_object_or_404(Study, slug=slug)
     current = _current_participant(request, study)
     if current is not None and current.invite is not None and current.invite.token == token:
         return redirect("study-run", slug=study.slug)
+    resume_code = request.POST.get("resume_code", "")
     try:
         services.check_entry(study, "", study.prolific_study_id)
+        if resume_code:
+            participant, _ = services.start_session(study, invite_token=token, resume_code=resume_code)
+            return _continue(study, participant)
         services.check_invite(study, token)
         if request.method == "GET":
             return render(request, "study/consent.html", {"study": study, "params": {}})
         if request.POST.get("decision") != "accept":
             return render(request, "study/declined.html", {"study": study})
-        participant, _ = services.start_session(study, invite_token=token)
+        participant, _ = services.start_session(study, client=ratelimit.client_address(request), invite_token=token)
+    except services.ResumeRequired as error:
+        return _resume_form(request, study, error)
     except services.FlowError as error:
         return _error(request, study, error)
-    _remember(request, study, participant)
-    return redirect("study-run", slug=study.slug)
+    return _continue(study, participant)
 
 
 def _answer_from_form(post, phase):
@@ -181,7 +230,10 @@ def run(request, slug):
     study = get_object_or_404(Study, slug=slug)
     participant = _current_participant(request, study)
     if participant is None:
-        error = services.SessionNotFound("Please open the study through the link you were given.")
+        error = services.SessionNotFound(
+            "This browser holds no session of this study. Please open the study through the link you were given; "
+            "if you started it in another browser or on another device, that link asks for your resume code."
+        )
         return _error(request, study, error)
     errors, submitted = {}, {}
     if request.method == "POST":
@@ -198,12 +250,13 @@ def run(request, slug):
         except services.AnswerInvalid as error:
             errors = error.errors
         except services.FlowError as error:
-            return _error(request, study, error)
+            return _error(request, study, error, participant)
         participant.refresh_from_db()
     step = services.next_step(participant)
     context = {"study": study, "participant": participant, "step": step, "errors": errors, "submitted": submitted}
     status = 400 if errors else 200
     if step["state"] == "instructions":
+        context["resume_code"] = services.format_resume_code(participant.resume_code)
         return render(request, "study/instructions.html", context)
     if step["state"] == "trial":
         context["reasons"] = list(enumerate(study.reasons, start=1))

@@ -33,5 +33,16 @@ def open_study(db, media_root):
 def participant(open_study):
     from studyplatform import services
 
-    participant, _ = services.start_session(open_study, external_id="5f2a9c0e1b3d4a6f8e7c9b01", prolific_study_id="")
+    participant, _ = services.start_session(
+        open_study, external_id="5f2a9c0e1b3d4a6f8e7c9b01", prolific_study_id="", prolific_session_id="S-fixture-01"
+    )
     return participant
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Rate-limit counters start at zero in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

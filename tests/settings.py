@@ -12,3 +12,5 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+# The suite starts many sessions from one address in one process; tests of the limits set their own.
+SESSION_START_LIMITS = {"per_client": 100_000, "per_study": 100_000, "window_seconds": 3600, "resume_code_attempts": 10}

@@ -34,7 +34,9 @@ def assert_retry_page(response):
 @pytest.fixture
 def in_block1(client, participant):
     """A participant with a browser session, past the Block-1 instructions."""
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     return services.begin_block(participant, 1)
 
 

@@ -279,7 +279,9 @@ BAD_FORM_FIELDS = [
 
 
 def test_the_trial_form_refuses_bad_values_with_400_and_stores_nothing(client, participant, block1_trial):
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     form = {"trial": block1_trial["id"], "diagnosis": "healthy", "rt_ms": "1000", "realness": "40", "slider_moved": "1"}
     before = database_state()
     for change in BAD_FORM_FIELDS:
@@ -289,7 +291,9 @@ def test_the_trial_form_refuses_bad_values_with_400_and_stores_nothing(client, p
 
 
 def test_the_trial_form_refuses_a_foreign_or_garbled_trial(client, participant, block1_trial):
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     before = database_state()
     run_url = f"/s/{participant.study.slug}/run/"
     for trial_id in ("", "nonsense", "../../etc/passwd", "x" * 10_000):

@@ -84,7 +84,9 @@ def test_non_ascii_digits_scalar_reasons_and_odd_numbers_are_refused(client, par
 
 
 def test_the_trial_form_uses_the_same_validation(client, participant, block1_trial):
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     form = {"trial": block1_trial["id"], "diagnosis": "healthy", "rt_ms": "1000", "realness": "40", "slider_moved": "1"}
     before = database_state()
     for change in ({"realness": "٣"}, {"realness": "５０"}, {"reasons": ["²"]}, {"rt_ms": "١٢٣"}):

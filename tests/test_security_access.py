@@ -22,7 +22,9 @@ URLSAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 @pytest.fixture
 def participant_browser(client, participant):
     """A browser that holds a participant's session (cookie) for the open study."""
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     assert client.get(f"/s/{participant.study.slug}/run/").status_code == 200
     return client
 
@@ -121,7 +123,9 @@ def test_the_browser_session_of_one_participant_never_reaches_another_study_sess
     from tests.factories import complete_study
 
     second_study = complete_study()
-    client.get(f"/s/{open_study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{open_study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     reply = client.get(f"/s/{second_study.slug}/run/")
     assert reply.status_code == 404 and b"trial-form" not in reply.content
 

@@ -66,7 +66,7 @@ def test_the_json_api_ignores_the_page_session_cookie(open_study):
         {"PROLIFIC_PID": "cookieonly1", "decision": "accept", "csrfmiddlewaretoken": csrf_token_of(consent)},
     )
     participant = Participant.objects.get()
-    assert browser.cookies.get("sessionid") and participant.token not in str(browser.cookies)
+    assert browser.cookies.get(f"study-{open_study.slug}") and participant.token not in str(browser.cookies)
     reply = browser.post("/api/participant//withdraw/")
     assert reply.status_code == 404
     participant.refresh_from_db()
@@ -85,7 +85,9 @@ def test_security_headers_are_on_every_kind_of_participant_response(client, part
     services.begin_block(participant, 1)
     participant.refresh_from_db()
     step = services.next_step(participant)
-    client.get(f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}")
+    client.get(
+        f"/s/{participant.study.slug}/?PROLIFIC_PID={participant.external_id}&SESSION_ID={participant.prolific_session_id}"
+    )
     responses = {
         "home": client.get("/"),
         "consent": Client().get(f"/s/{participant.study.slug}/?PROLIFIC_PID=headers01"),
@@ -99,6 +101,7 @@ def test_security_headers_are_on_every_kind_of_participant_response(client, part
     for name, response in responses.items():
         for header, value in EXPECTED_HEADERS.items():
             assert response.get(header) == value, (name, header, response.get(header))
-    # Session and CSRF cookies are not readable by scripts of other origins.
-    assert client.cookies["sessionid"]["httponly"]
-    assert client.cookies["sessionid"]["samesite"].lower() == "lax"
+    # The cookie that binds the browser to the session is signed and not readable by scripts.
+    session_cookie = client.cookies[f"study-{participant.study.slug}"]
+    assert session_cookie["httponly"]
+    assert session_cookie["samesite"].lower() == "lax"

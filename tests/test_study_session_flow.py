@@ -113,7 +113,9 @@ def test_the_first_block2_answer_cannot_change_after_the_counterfactual_was_show
 def test_resume_continues_at_the_next_unanswered_trial(participant, open_study):
     trial = _begin_and_get_trial(participant)
     services.submit_answer(participant, trial["id"], valid_answer(trial))
-    again, created = services.start_session(open_study, external_id=participant.external_id)
+    again, created = services.start_session(
+        open_study, external_id=participant.external_id, prolific_session_id=participant.prolific_session_id
+    )
     assert not created and again.pk == participant.pk
     step = services.next_step(again)
     assert step["state"] == "trial" and step["trial"]["id"] == participant.plan[1]["id"]

@@ -1,5 +1,7 @@
 """Image transforms shared by the loaders: read, square, resize, scale to [-1, 1]; and training augmentation."""
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -7,18 +9,33 @@ from PIL import Image, UnidentifiedImageError
 
 from .datasets import DataError
 
+# The largest image decoded, checked on the header before any pixel is read: 50 megapixels is far above any
+# radiograph, so a larger file is a decompression bomb (a small file announcing a huge image) or not a radiograph.
+# The same limit as the study platform's stimulus pipeline (studyplatform.images.MAX_PIXELS), which cannot be imported
+# here: this package never imports the web application.
+MAX_PIXELS = 50_000_000
+
 
 def load_image(path, resolution):
     """Read a radiograph as float32 [1, R, R] in [-1, 1].
 
     Non-square images are centre-cropped to a square first (MIMIC-CXR films are portrait or landscape), then resized
     with PIL's antialiased bilinear filter. 16-bit images are scaled by their own maximum, as torchxrayvision does.
-    Raises OSError/ValueError on unreadable files; the loaders turn these into a DataError naming the file.
+    An unreadable file, or one whose header announces more than MAX_PIXELS pixels, raises a DataError naming it.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            pixels = _grey_pixels(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            with Image.open(path) as image:
+                _check_size(image, path)
+                image.load()
+                pixels = _grey_pixels(image)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise DataError(_too_large(path, "the image")) from error
+    except MemoryError as error:
+        raise DataError(f"{path}: decoding it needs more memory than is available") from error
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: unreadable or corrupt image ({error})") from error
     if pixels.size == 0:
@@ -29,6 +46,19 @@ def load_image(path, resolution):
     square = Image.fromarray(pixels[top : top + side, left : left + side])
     resized = np.asarray(square.resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
     return torch.from_numpy(resized * 2.0 - 1.0).unsqueeze(0)
+
+
+def _check_size(image, path):
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(_too_large(path, f"{width}x{height} pixels"))
+
+
+def _too_large(path, what):
+    return (
+        f"{path}: {what} is larger than the {MAX_PIXELS // 1_000_000}-megapixel limit and was not decoded "
+        "(a radiograph is far smaller; the file may be a decompression bomb)"
+    )
 
 
 def _grey_pixels(image):

@@ -87,6 +87,9 @@ class Study(models.Model):
     )
 
     participant_counter = models.PositiveIntegerField(default=0, editable=False)
+    sessions_refused = models.PositiveIntegerField(
+        default=0, editable=False, help_text="session starts refused by the rate limits (per client, per study)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -182,6 +185,12 @@ class Participant(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participants")
     index = models.PositiveIntegerField(help_text="1, 2, 3 ... within the study; drives the counterbalancing")
     token = models.CharField(max_length=64, unique=True, editable=False)
+    resume_code = models.CharField(
+        max_length=16,
+        blank=True,
+        editable=False,
+        help_text="short code shown to the participant at the start; continues the session in another browser",
+    )
     external_id = models.CharField(max_length=100, blank=True, help_text="PROLIFIC_PID (personal data)")
     prolific_study_id = models.CharField(max_length=100, blank=True)
     prolific_session_id = models.CharField(max_length=100, blank=True)
