@@ -103,9 +103,11 @@ class Command(BaseCommand):
         self.stdout.write(f"  Evaluation table:   {evaluation_dir}")
         self.stdout.write(f"  Analysis report:    {analysis_dir / 'report.html'}")
         for run in (baseline, proposed):
+            run.refresh_from_db()
             self.stdout.write(f"  {run.name}: {self.training_summary(run)}")
-            if run.training_warning:
-                self.stdout.write(self.style.WARNING(f"    {run.training_warning}"))
+            for warning in [run.training_warning, *self.evaluation_warnings(run)]:
+                if warning:
+                    self.stdout.write(self.style.WARNING(f"    {warning}"))
         if not no_serve:
             self.serve(host, port)
 
@@ -165,6 +167,16 @@ class Command(BaseCommand):
             self.stdout.write(f"  {dataset.name}: {dataset.split_counts} {dataset.label_counts}")
             registered.append(dataset)
         return registered
+
+    @staticmethod
+    def evaluation_warnings(run):
+        """What the evaluation of a run's checkpoints says it cannot judge, one line each."""
+        return [
+            f"{label}: {warning}"
+            for label, result in sorted((run.metrics or {}).items())
+            if isinstance(result, dict)
+            for warning in (result.get("judgement") or {}).get("warnings", [])
+        ]
 
     def training_run(self, dataset, variant, mode, skip_training):
         """The finished run of this variant, training (or resuming) it when needed."""
