@@ -270,6 +270,8 @@ def main():
         "training_seconds": training_seconds,
         "stages": {k: {m: v for m, v in metrics.items() if m != "history"} for k, metrics in summary["stages"].items()},
         "overrides": overrides,
+        "selection": summary.get("selection"),
+        "under_trained": summary.get("under_trained"),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "evaluation_classifier_accuracy_on_real": classifier_accuracy,
@@ -281,7 +283,8 @@ def main():
         contact_sheet(model, test, scm, resolution, out / f"contact_sheet_{stage}.png")
         addition_sheet(model, test, scm, resolution, out / f"additions_{stage}.png")
     (out / "phantom_check.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: v for k, v in report.items() if k.startswith("headline") or k == "stages"}, indent=2))
+    shown = ("stages", "selection", "under_trained")
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("headline") or k in shown}, indent=2))
 
 
 if __name__ == "__main__":
