@@ -62,9 +62,7 @@ def test_on_real_data_a_judge_trained_on_the_validation_split_scores_agreement_a
 
 def test_a_run_with_selection_records_the_scores_and_names_the_chosen_checkpoint_final(phantom_splits, tmp_path):
     overrides = {"lesion_blocks": 1, "lesion_latent": 4, "lesion_support": True, "select_final": True}
-    config = pipeline.RunConfig(
-        preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2), preset_overrides=overrides
-    )
+    config = pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2), preset_overrides=overrides)
     summary = pipeline.train(config, phantom_splits, tmp_path / "run")
     selection = summary["selection"]
     assert set(selection["scores"]) == {"hvae", "counterfactual"}
