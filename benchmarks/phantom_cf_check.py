@@ -38,7 +38,9 @@ from generator.training.pipeline import RunConfig, load_model, train  # noqa: E4
 def phantom_split(scm, n, resolution, seed):
     pa, u = scm.sample(n, np.random.default_rng(seed))
     x, masks = scm.render(pa, u, resolution)
-    return SimpleNamespace(graph=scm.graph, x=x, pa=pa, u=u, masks=masks, ids=[f"phantom-{seed}-{i}" for i in range(n)])
+    ids = [f"phantom-{seed}-{i}" for i in range(n)]
+    # with `scm` the run chooses its final checkpoint against the phantom's truth (generator.training.selection)
+    return SimpleNamespace(graph=scm.graph, x=x, pa=pa, u=u, masks=masks, ids=ids, scm=scm)
 
 
 def evaluation_classifier(train_set, steps=600, seed=123):
