@@ -158,13 +158,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         rows = services.metrics_rows(run)
         if not rows:
             return "not evaluated yet (manage.py evaluate_generator)"
-        warnings = [
-            (label, warning)
-            for label, result in sorted(run.metrics.items())
-            if isinstance(result, dict)
-            for warning in (result.get("judgement") or {}).get("warnings", [])
-        ]
-        notes = format_html_join("", '<p style="color:#ba2121"><strong>{}: {}</strong></p>', warnings)
+        notes = format_html_join("", '<p style="color:#ba2121"><strong>{}: {}</strong></p>', run.evaluation_warnings)
         header = format_html_join("", "<th>{}</th>", ((column,) for column in rows[0]))
         body = format_html_join(
             "",

@@ -79,3 +79,13 @@ class TrainingRun(models.Model):
     def training_warning(self):
         """Plain words when the run is under-trained, else ""."""
         return describe_under_training(self.under_trained)
+
+    @property
+    def evaluation_warnings(self):
+        """(checkpoint label, warning) for everything the run's evaluations say they cannot judge."""
+        return [
+            (label, warning)
+            for label, result in sorted((self.metrics or {}).items())
+            if isinstance(result, dict)
+            for warning in (result.get("judgement") or {}).get("warnings", [])
+        ]

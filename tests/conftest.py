@@ -1,6 +1,11 @@
 """Shared fixtures."""
 
+import shutil
+from pathlib import Path
+
 import pytest
+
+NIH_SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "nih-cxr-sample"
 
 
 @pytest.fixture
@@ -46,3 +51,14 @@ def _empty_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture
+def nih_copy(tmp_path):
+    """A private NIH folder: the label file copied, the images linked (the tests replace the ones they break)."""
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    shutil.copy(NIH_SAMPLE / "Data_Entry_2017.csv", root / "Data_Entry_2017.csv")
+    for image in (NIH_SAMPLE / "images").iterdir():
+        (root / "images" / image.name).symlink_to(image)
+    return root

@@ -2,7 +2,6 @@
 fail with an error that names the file (and the row), and nothing is registered, trained or attached."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,6 @@ pytestmark = pytest.mark.django_db
 
 NIH = Path(__file__).resolve().parent.parent / "fixtures" / "nih-cxr-sample"
 CSV_NAME = "Data_Entry_2017.csv"
-
-
-@pytest.fixture
-def nih_copy(tmp_path):
-    """A private NIH folder: the label file copied, the images linked (the tests replace the ones they break)."""
-    root = tmp_path / "nih"
-    (root / "images").mkdir(parents=True)
-    shutil.copy(NIH / CSV_NAME, root / CSV_NAME)
-    for image in (NIH / "images").iterdir():
-        (root / "images" / image.name).symlink_to(image)
-    return root
 
 
 def first_listed_image(root):

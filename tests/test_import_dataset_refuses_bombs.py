@@ -1,9 +1,6 @@
 """`import_dataset` refuses a decompression bomb among the radiographs before decoding it: a clear message that names
 the file and the limit (the study platform's stimulus limit), no traceback, and nothing registered."""
 
-import shutil
-from pathlib import Path
-
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -14,18 +11,7 @@ from tests.test_image_bombs_named_errors import bomb_png, text_bomb_png
 
 pytestmark = pytest.mark.django_db
 
-NIH = Path(__file__).resolve().parent.parent / "fixtures" / "nih-cxr-sample"
 CSV_NAME = "Data_Entry_2017.csv"
-
-
-@pytest.fixture
-def nih_copy(tmp_path):
-    root = tmp_path / "nih"
-    (root / "images").mkdir(parents=True)
-    shutil.copy(NIH / CSV_NAME, root / CSV_NAME)
-    for image in (NIH / "images").iterdir():
-        (root / "images" / image.name).symlink_to(image)
-    return root
 
 
 def plant(root, data):

@@ -25,11 +25,11 @@ class Oracle(nn.Module):
 
     def counterfactual(self, x, pa, do, generator=None):
         if not self.truthful:
-            return SimpleNamespace(x_cf=x.clone())
+            return SimpleNamespace(x_cf=x.clone(), pa_cf={**pa, **do})
         index = [self.rows[image.numpy().tobytes()] for image in x]
         u = self.dataset.u[index]
-        truth = self.dataset.scm.true_counterfactual(pa, u, do, x.shape[-1])[0]
-        return SimpleNamespace(x_cf=truth)
+        truth, pa_cf, _ = self.dataset.scm.true_counterfactual(pa, u, do, x.shape[-1])
+        return SimpleNamespace(x_cf=truth, pa_cf=pa_cf)
 
 
 @pytest.fixture(scope="module")

@@ -369,7 +369,7 @@ class ConditionalHVAE(nn.Module):
             own = mean + torch.exp(logstd) * noise
         latents = latents * (1 - slots[:, :, None]) + own[:, None, :] * slots[:, :, None]
         present = slots.sum(1)
-        kl = (0.5 * (mean**2 + torch.exp(2 * logstd)) - logstd - 0.5).sum(1) * present
+        kl = gaussian_kl(mean, logstd, torch.zeros_like(mean), torch.zeros_like(logstd)).sum(1) * present
         return latents, kl
 
     def encode(self, x):

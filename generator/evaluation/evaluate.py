@@ -81,10 +81,13 @@ def _device_of(module):
 
 
 @torch.no_grad()
-def counterfactuals(model, x, pa, do, batch_size=64):
-    """Batched model.counterfactual on the CPU side: returns (x_cf [N,1,H,W], pa_cf dict)."""
+def counterfactuals(model, x, pa, do, batch_size=64, generator=None):
+    """Batched model.counterfactual on the CPU side: returns (x_cf [N,1,H,W], pa_cf dict).
+
+    `generator` draws whatever noise the model cannot abduct (e.g. the code of an added lesion), reproducibly."""
     model.eval()
     device = _device_of(model)
+    seeded = {} if generator is None else {"generator": generator}  # models without unabducted noise take none
     images, parents = [], []
     for start in range(0, x.shape[0], batch_size):
         part = slice(start, start + batch_size)
@@ -92,6 +95,7 @@ def counterfactuals(model, x, pa, do, batch_size=64):
             x[part].to(device),
             {name: value[part].to(device) for name, value in pa.items()},
             {name: value[part].to(device) for name, value in do.items()},
+            **seeded,
         )
         images.append(cf.x_cf.detach().float().cpu())
         parents.append({name: value.detach().cpu() for name, value in cf.pa_cf.items()})

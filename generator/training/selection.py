@@ -16,6 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from generator.causal.predictors import ParentPredictors
+from generator.evaluation.evaluate import counterfactuals
+from generator.training.counterfactual_stage import device_of
 
 DEFAULT_IMAGES = 128
 JUDGE_STEPS = 150
@@ -23,15 +25,12 @@ CHANGE_WEIGHT = 5.0  # real data: a mean change of 0.02 (1% of the grey range) c
 ZONE_DRAWS = 16
 
 
-@torch.no_grad()
-def counterfactuals(model, x, pa, target, seed, batch=64):
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    parts = []
-    for start in range(0, len(x), batch):
-        chunk = {k: v[start : start + batch] for k, v in pa.items()}
-        do = {"disease": target}
-        parts.append(model.counterfactual(x[start : start + batch], chunk, do, generator=generator).x_cf)
-    return torch.cat(parts)
+def counterfactuals_under(model, dataset, index, node, target, seed):
+    """do(node := target) on the images `index` of `dataset`, with a seeded generator for what cannot be abducted."""
+    pa = {k: v[index] for k, v in dataset.pa.items()}
+    do = {node: torch.full((len(index),), target, dtype=pa[node].dtype)}
+    generator = torch.Generator(device=device_of(model)).manual_seed(seed)
+    return pa, counterfactuals(model, dataset.x[index], pa, do, generator=generator)[0]
 
 
 def phantom_score(model, dataset, node, images, seed):
@@ -39,15 +38,12 @@ def phantom_score(model, dataset, node, images, seed):
     scm, resolution = dataset.scm, dataset.x.shape[-1]
     disease = dataset.pa[node]
     ratios, shares = [], []
-    classes = int(disease.max().item()) + 1 if len(disease) else 1
-    for target in range(max(classes, 3)):
+    for target in range(dataset.graph[node].cardinality):
         index = torch.nonzero(disease != target).flatten()[:images]
         if len(index) == 0:
             continue
-        pa = {k: v[index] for k, v in dataset.pa.items()}
+        pa, x_cf = counterfactuals_under(model, dataset, index, node, target, seed)
         x, u = dataset.x[index], dataset.u[index]
-        x_cf = counterfactuals(model, x.to(device_of(model)), {k: v.to(device_of(model)) for k, v in pa.items()},
-                               target, seed).cpu()  # fmt: skip
         truth, pa_cf, _ = scm.true_counterfactual(pa, u, {node: target}, resolution)
         region = scm.change_region(pa, u, pa_cf, resolution)
         if target != 0:
@@ -84,12 +80,10 @@ def judge_score(model, dataset, node, images, seed, judge):
         index = torch.nonzero(disease != target).flatten()[:images]
         if len(index) == 0:
             continue
-        pa = {k: v[index].to(device_of(model)) for k, v in dataset.pa.items()}
-        x = dataset.x[index].to(device_of(model))
-        x_cf = counterfactuals(model, x, pa, target, seed).cpu()
+        _, x_cf = counterfactuals_under(model, dataset, index, node, target, seed)
         with torch.no_grad():
             agree.append((judge(x_cf)[node].argmax(-1) == target).float().mean().item())
-        changes.append((x_cf - x.cpu()).abs().mean().item())
+        changes.append((x_cf - dataset.x[index]).abs().mean().item())
     agreement = sum(agree) / len(agree) if agree else 0.0
     change = sum(changes) / len(changes) if changes else 0.0
     return {"score": (1 - agreement) + CHANGE_WEIGHT * change, "judge_agreement": agreement, "mean_abs_change": change}
@@ -107,9 +101,3 @@ def select_final(candidates, dataset, node="disease", images=DEFAULT_IMAGES, see
             scores[name] = {"method": "validation judge", **judge_score(model, dataset, node, images, seed, judge)}
     best = min(scores, key=lambda name: scores[name]["score"])
     return best, scores
-
-
-def device_of(module):
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")

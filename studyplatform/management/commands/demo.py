@@ -105,7 +105,8 @@ class Command(BaseCommand):
         for run in (baseline, proposed):
             run.refresh_from_db()
             self.stdout.write(f"  {run.name}: {self.training_summary(run)}")
-            for warning in [run.training_warning, *self.evaluation_warnings(run)]:
+            evaluation = [f"{label}: {warning}" for label, warning in run.evaluation_warnings]
+            for warning in [run.training_warning, *evaluation]:
                 if warning:
                     self.stdout.write(self.style.WARNING(f"    {warning}"))
         if not no_serve:
@@ -167,16 +168,6 @@ class Command(BaseCommand):
             self.stdout.write(f"  {dataset.name}: {dataset.split_counts} {dataset.label_counts}")
             registered.append(dataset)
         return registered
-
-    @staticmethod
-    def evaluation_warnings(run):
-        """What the evaluation of a run's checkpoints says it cannot judge, one line each."""
-        return [
-            f"{label}: {warning}"
-            for label, result in sorted((run.metrics or {}).items())
-            if isinstance(result, dict)
-            for warning in (result.get("judgement") or {}).get("warnings", [])
-        ]
 
     def training_run(self, dataset, variant, mode, skip_training):
         """The finished run of this variant, training (or resuming) it when needed."""
