@@ -46,6 +46,17 @@ class Study(models.Model):
     slug = models.SlugField(max_length=60, unique=True, help_text="appears in the participant link /s/<slug>/")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT, db_index=True)
 
+    class Block1Design(models.TextChoices):
+        PAIRED = "paired", "paired (the paper's: each patient as real, baseline and proposed)"
+        COUNTERBALANCED = "counterbalanced", "counterbalanced (each patient once per participant, Latin square)"
+
+    block1_design = models.CharField(
+        max_length=16,
+        choices=Block1Design.choices,
+        default=Block1Design.PAIRED,
+        help_text="how Block-1 patients are shown to each participant",
+    )
+
     consent_text = models.TextField(blank=True, help_text="information sheet and consent statement")
     instructions_block1 = models.TextField(blank=True)
     instructions_block2 = models.TextField(blank=True)
@@ -122,6 +133,11 @@ class Case(models.Model):
         help_text="condition both counterfactuals show (Block 2: always healthy)",
     )
     position = models.PositiveSmallIntegerField(default=0, help_text="order used by the counterbalancing")
+    split = models.CharField(
+        max_length=10,
+        blank=True,
+        help_text="data-set split the source image comes from (train, valid, test); blank when uploaded by hand",
+    )
 
     class Meta:
         ordering = ["block", "position", "label"]
@@ -197,6 +213,9 @@ class Participant(models.Model):
     invite = models.OneToOneField(Invite, null=True, blank=True, on_delete=models.SET_NULL, related_name="participant")
 
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.STARTED, db_index=True)
+    simulated = models.BooleanField(
+        default=False, db_index=True, help_text="made by simulate_participants, not a real reader"
+    )
     seed = models.BigIntegerField()
     plan = models.JSONField(default=list, help_text="every trial in serving order")
     cf_assignment = models.JSONField(default=dict, help_text="Block-2 case label -> model shown")
