@@ -24,11 +24,13 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 migrate: install
 	$(PY) manage.py migrate --noinput
 
+# `exec` hands the shell's process to the demo, so a SIGTERM or SIGHUP that make passes on reaches the demo itself,
+# which then stops its web server and worker.
 demo: install
-	$(TRAIN_ENV) $(PY) manage.py demo $(if $(filter quick,$(DEMO)),--quick,)
+	exec env $(TRAIN_ENV) $(PY) manage.py demo $(if $(filter quick,$(DEMO)),--quick,) --host $(HOST) --port $(PORT)
 
 demo-quick: install
-	$(TRAIN_ENV) $(PY) manage.py demo --quick
+	exec env $(TRAIN_ENV) $(PY) manage.py demo --quick --host $(HOST) --port $(PORT)
 
 serve: migrate
 	$(PY) manage.py runserver $(HOST):$(PORT)

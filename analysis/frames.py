@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats import ANSWER_COLUMNS, CONDITIONS, MODELS, PARTICIPANT_COLUMNS, SOURCES
+from analysis.stats import (
+    ANSWER_COLUMNS,
+    BLOCK1_DESIGNS,
+    CONDITIONS,
+    MODELS,
+    PARTICIPANT_COLUMNS,
+    SOURCES,
+    block1_design,
+)
 
 # The participant statuses the study platform exports (studyplatform.models.Participant.Status); `block1` and
 # `block2` are participants still in the study, answering that block.
@@ -157,6 +165,20 @@ def tidy_answers(table, name="answers"):
     )
     keys = ["participant", "block", "case", "image_source", "phase"]
     problems.flag(table.duplicated(keys, keep="first"), "phase", "a second answer to the same trial", table)
+    design = _one_of(table, "block1_design", BLOCK1_DESIGNS, problems)
+    if len(design):
+        problems.flag(design != design.iloc[0], "block1_design", "differs from row 1 (a study has one design)", table)
+    # The counterbalanced design shows each patient once to a participant: a second image of the patient breaks it.
+    seen_twice = block1 & table.duplicated(["participant", "block", "case"], keep="first")
+    problems.flag(
+        seen_twice & (design == "counterbalanced"),
+        "case",
+        "a second Block-1 image of this patient for this participant (the counterbalanced design shows one)",
+        table,
+    )
+    simulated = _one_of(table, "simulated", ("0", "1"), problems)
+    mixed = simulated.groupby(table["participant"].str.strip()).transform("nunique") > 1
+    problems.flag(mixed, "simulated", "differs between rows of the same participant", table)
     problems.raise_if_any()
 
     tidy = pd.DataFrame(
@@ -179,6 +201,8 @@ def tidy_answers(table, name="answers"):
             "confidence": numbers["confidence"],
             "rt_ms": numbers["rt_ms"],
             "answered_at": table["answered_at"].str.strip(),
+            "block1_design": design,
+            "simulated": pd.to_numeric(simulated, errors="coerce").astype(int),
         }
     )
     phase_order = tidy["phase"].map({"block1": 0, "pre": 1, "post": 2})
@@ -196,9 +220,11 @@ def tidy_participants(table, name="participants"):
     problems.flag(table["participant"].duplicated(), "participant", "listed twice", table)
     _one_of(table, "status", STATUSES, problems)
     _one_of(table, "excluded", ("0", "1"), problems)
+    _one_of(table, "simulated", ("0", "1"), problems)
     problems.raise_if_any()
     tidy = table.apply(lambda column: column.str.strip())
     tidy["excluded"] = tidy["excluded"].astype(int)
+    tidy["simulated"] = tidy["simulated"].astype(int)
     return tidy
 
 
@@ -218,6 +244,41 @@ def answers_from_records(records, name="answers"):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Who counts
+
+# Whose answers an analysis reads: real participants (the default), simulated readers (simulate_participants), or
+# both, which only an explicit request gives. The two are never mixed silently.
+READERS = ("real", "simulated", "all")
+
+
+def reader_counts(answers, participants=None):
+    """{"real": n, "simulated": n}: the participants of each kind in the input (answers and participants table)."""
+    flags = _simulated_flags(answers, participants)
+    simulated = sum(flags.values())
+    return {"real": len(flags) - simulated, "simulated": simulated}
+
+
+def keep_readers(answers, participants=None, readers="real"):
+    """The answers (and participants table) of the real participants only (`readers="real"`), of the simulated
+    ones only ("simulated"), or of both ("all")."""
+    if readers not in READERS:
+        raise FrameError(f"readers must be one of {', '.join(READERS)}, got {readers!r}")
+    if readers == "all":
+        return answers, participants
+    wanted = readers == "simulated"
+    flags = _simulated_flags(answers, participants)
+    keep = {participant for participant, simulated in flags.items() if simulated == wanted}
+    answers = answers[answers["participant"].isin(keep)].reset_index(drop=True)
+    if participants is not None:
+        participants = participants[participants["participant"].isin(keep)].reset_index(drop=True)
+    return answers, participants
+
+
+def _simulated_flags(answers, participants):
+    """participant -> True for a simulated reader; the participants table wins over the answers."""
+    flags = {p: bool(s) for p, s in zip(answers["participant"], answers["simulated"])}
+    if participants is not None:
+        flags.update((p, bool(s)) for p, s in zip(participants["participant"], participants["simulated"]))
+    return flags
 
 
 def select_participants(answers, participants=None, include_incomplete=False):
@@ -253,8 +314,10 @@ def select_participants(answers, participants=None, include_incomplete=False):
 
 def _incomplete_from_answers(answers):
     answered = answers.dropna(subset=["diagnosis"])
+    # Paired: every image of every patient; counterbalanced: every patient once.
+    block1_trial = ["case"] if block1_design(answers) == "counterbalanced" else ["case", "image_source"]
     expected = {
-        1: answers.loc[answers["block"] == 1, ["case", "image_source"]].drop_duplicates().shape[0],
+        1: answers.loc[answers["block"] == 1, block1_trial].drop_duplicates().shape[0],
         2: answers.loc[answers["block"] == 2, ["case", "phase"]].drop_duplicates().shape[0],
     }
     exclusions = []

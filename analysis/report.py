@@ -152,6 +152,9 @@ def list_tests(document):
     for family in ("realness_ttest", "reasons_ttest"):
         for name, test in block1[family].items():
             rows.append(_test_row(f"block1.{family}.{name}", "t", test, "mean_diff"))
+    for family in ("realness_lmm", "reasons_lmm"):
+        for name, test in block1.get(family, {}).items():
+            rows.append(_test_row(f"block1.{family}.{name}", "z", test, "mean_diff"))
     for model, test in block1["realness_auroc"].items():
         rows.append(_test_row(f"block1.realness_auroc.{model} (vs 0.5)", "t", test, "mean"))
     for model in MODELS:
@@ -368,19 +371,68 @@ def _note(result):
     return html.escape(result.get("note", ""))
 
 
+def _primary_text(primary):
+    """The primary endpoint's numbers: a paired t-test (t, df, d_z) or a mixed model's Wald test (z)."""
+    if "z" in primary:
+        statistic = f"z = {_fmt(primary.get('z'))}"
+    else:
+        statistic = f"t({_fmt(primary.get('df'), 0)}) = {_fmt(primary.get('t'))}"
+    text = (
+        f"mean difference {_fmt(primary.get('mean_diff'))} {_ci(primary)}, {statistic}, p = {_fmt(primary.get('p'))}, "
+        f"Holm-adjusted p = {_fmt(primary.get('p_holm'))}"
+    )
+    return text if "z" in primary else f"{text}, d<sub>z</sub> = {_fmt(primary.get('dz'))}"
+
+
+def _block1_difference_section(block1):
+    if "between_participant_difference" in block1:
+        title = "Difference in accuracy per patient, between participants (proposed - baseline)"
+        rows, count = block1["between_participant_difference"], ("n_patients", "Patients")
+    else:
+        title = "Within-patient difference in accuracy (proposed - baseline)"
+        rows, count = block1["within_patient_difference"], ("n_pairs", "Pairs")
+    return f"<h3>{title}</h3>" + _table(
+        ["Condition", "Difference", "95% CI", count[1], "Note"],
+        [[c, _fmt(r.get("mean_diff")), _ci(r), _fmt(r.get(count[0])), _note(r)] for c, r in rows.items()],
+    )
+
+
+def _mixed_linear_section(block1):
+    if "realness_lmm" not in block1:
+        return ""
+    return "<h3>Linear mixed models, crossed random intercepts for participant and patient</h3>" + _table(
+        ["Comparison", "Mean difference", "95% CI", "z", "p", "Holm p", "Random SD (participant, patient)", "Note"],
+        [
+            [
+                f"{family.split('_')[0]}: {name.replace('_', ' ')}",
+                _fmt(t.get("mean_diff")),
+                _ci(t),
+                _fmt(t.get("z")),
+                _fmt(t.get("p")),
+                _fmt(t.get("p_holm")),
+                ", ".join(_fmt((t.get("random_effects_sd") or {}).get(k)) for k in ("participant", "case")),
+                _note(t),
+            ]
+            for family in ("realness_lmm", "reasons_lmm")
+            for name, t in block1[family].items()
+        ],
+    )
+
+
 def render_html(document, figures):
     block1, block2, models = document["block1"], document["block2"], document["models"]
     multiplicity = document["multiplicity"]
     primary = _lookup(document, multiplicity["primary_endpoint"])
+    design = document.get("block1_design", "paired")
     sections = [
         "<h1>Reader study analysis</h1>",
         f"<p>{document['n_participants']} participants analysed, {document['n_excluded']} excluded. "
         f"Input: {html.escape(str(document['settings'].get('input', '')))}.</p>",
+        f"<p><strong>Block-1 design: {html.escape(design)}.</strong> "
+        f"{html.escape(document.get('block1_design_note', ''))}</p>",
         "<h2>Primary endpoint</h2>",
         f"<p><strong>{html.escape(multiplicity['primary_endpoint_description'])}</strong>: "
-        f"mean difference {_fmt(primary.get('mean_diff'))} {_ci(primary)}, t({_fmt(primary.get('df'), 0)}) = "
-        f"{_fmt(primary.get('t'))}, p = {_fmt(primary.get('p'))}, Holm-adjusted p = {_fmt(primary.get('p_holm'))}, "
-        f"d<sub>z</sub> = {_fmt(primary.get('dz'))}. {_note(primary)}</p>",
+        f"{_primary_text(primary)}. {_note(primary)}</p>",
         "<h2>Exclusions</h2>",
         _table(
             ["Participant", "Status", "Reason"],
@@ -403,15 +455,15 @@ def render_html(document, figures):
                 for s in SOURCES
             ],
         ),
-        "<h3>Within-patient difference in accuracy (proposed - baseline)</h3>",
-        _table(
-            ["Condition", "Difference", "95% CI", "Pairs", "Note"],
-            [
-                [c, _fmt(r.get("mean_diff")), _ci(r), _fmt(r.get("n_pairs")), _note(r)]
-                for c, r in block1["within_patient_difference"].items()
-            ],
-        ),
-        "<h3>Paired t-tests across participants</h3>",
+        _block1_difference_section(block1),
+        _mixed_linear_section(block1),
+        "<h3>Paired t-tests across participants"
+        + (
+            " (secondary: each participant's mean per source is over different patients)"
+            if "realness_lmm" in block1
+            else ""
+        )
+        + "</h3>",
         _table(
             ["Comparison", "Mean difference", "95% CI", "t", "df", "p", "Holm p", "Cohen's dz", "Note"],
             [
@@ -539,7 +591,9 @@ def render_html(document, figures):
             [[f"<code>{html.escape(k)}</code>", _fmt(v)] for k, v in multiplicity["p_holm"].items()],
         ),
     ]
-    return _PAGE.format(body="\n".join(sections))
+    return _PAGE.format(
+        title=html.escape(_report_title(document)), body="\n".join([*_readers_html(document), *sections])
+    )
 
 
 def _model_section(name, model):
@@ -573,8 +627,9 @@ def _lookup(document, path):
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Reader study analysis</title>
+<title>{title}</title>
 <style>
+.readers-warning {{ background: #fde8e8; border: 3px solid #c0392b; padding: .8rem 1rem; font-size: 1.15rem; }}
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 980px; margin: 2rem auto;
        padding: 0 1rem; color: #222; line-height: 1.45; }}
 h1 {{ border-bottom: 2px solid #4c72b0; padding-bottom: .3rem; }}
@@ -592,32 +647,113 @@ code {{ font-size: .85em; }}
 
 
 def analyse_answers(
-    answers, participants=None, include_incomplete=False, settings=None, fit_models=True, progress=None
+    answers,
+    participants=None,
+    include_incomplete=False,
+    settings=None,
+    fit_models=True,
+    progress=None,
+    readers="real",
 ):
     """From the tidy answers (and optionally the participants table) to the analysis document and its tables:
-    select who counts, run every statistic, attach counts, exclusions and settings."""
-    from analysis.frames import select_participants
+    keep the real participants (or, with `readers`, the simulated ones or both), select who counts, run every
+    statistic, attach counts, exclusions and settings. Input with participants of the other kind only is refused."""
+    from analysis.frames import FrameError, keep_readers, reader_counts, select_participants
     from analysis.stats import analyse
 
+    counts = reader_counts(answers, participants)
+    answers, participants = keep_readers(answers, participants, readers)
+    if readers != "all" and counts[readers] == 0 and sum(counts.values()):
+        other = "simulated" if readers == "real" else "real"
+        raise FrameError(
+            f"no {readers} participants to analyse: the input holds {counts[other]} {other} participant(s) only "
+            f"(analyse them with --readers {other})"
+        )
     kept, exclusions = select_participants(answers, participants, include_incomplete)
     results, tables = analyse(kept, fit_models=fit_models, progress=progress)
     settings = {"include_incomplete": include_incomplete, **(settings or {})}
     document = build_document(results, int(kept["participant"].nunique()), exclusions, settings)
+    document["readers"] = readers_summary(readers, counts)
     return document, tables
+
+
+READERS_LABELS = {"real": "real data", "simulated": "simulated data", "all": "real and simulated data mixed"}
+
+
+def readers_summary(readers, counts):
+    """Whose answers the document analyses, how many participants of each kind the input held, and who was left
+    out for being of the other kind."""
+    left_out = {"real": counts["simulated"], "simulated": counts["real"], "all": 0}[readers]
+    other = "simulated" if readers == "real" else "real"
+    return {
+        "analysed": readers,
+        "label": READERS_LABELS[readers],
+        "n_real": counts["real"],
+        "n_simulated": counts["simulated"],
+        "left_out": left_out,
+        "note": f"{left_out} {other} participant(s) left out (--readers {other} analyses them)" if left_out else "",
+    }
+
+
+def _readers_warning(document):
+    """The warning every report built from simulated answers carries at its top; empty for real data."""
+    readers = document.get("readers") or {}
+    if readers.get("analysed") == "simulated":
+        return (
+            "Simulated data: every participant analysed here is a simulated reader (simulate_participants). "
+            "These results are a dry run and say nothing about real readers."
+        )
+    if readers.get("analysed") == "all" and readers.get("n_simulated"):
+        return (
+            f"Simulated data mixed in: this analysis pools {readers['n_real']} real and {readers['n_simulated']} "
+            "simulated participants, as asked (--readers all). It says nothing about real readers alone."
+        )
+    return ""
+
+
+def _report_title(document):
+    warning = _readers_warning(document)
+    label = (document.get("readers") or {}).get("label", "")
+    return f"Reader study analysis ({label})" if warning else "Reader study analysis"
+
+
+def _readers_html(document):
+    warning = _readers_warning(document)
+    if warning:
+        head, text = warning.split(": ", 1)
+        return [f'<p class="readers-warning"><strong>{html.escape(head.upper())}</strong>: {html.escape(text)}</p>']
+    note = (document.get("readers") or {}).get("note")
+    return [f"<p>Real participants only; {html.escape(note)}.</p>"] if note else []
+
+
+def _readers_lines(document):
+    warning = _readers_warning(document)
+    if warning:
+        head, text = warning.split(": ", 1)
+        return [f"*** {head.upper()} *** {text}"]
+    note = (document.get("readers") or {}).get("note")
+    return [f"Real participants only; {note}."] if note else []
 
 
 def summary_lines(document):
     """A few lines for the terminal: counts, the primary endpoint and the Block-2 headline numbers."""
     block1, block2 = document["block1"], document["block2"]
-    primary = block1["realness_ttest"]["proposed_vs_baseline"]
+    primary = _lookup(document, document["multiplicity"]["primary_endpoint"])
+    statistic = (
+        f"z = {_fmt(primary.get('z'))}"
+        if "z" in primary
+        else f"t({_fmt(primary.get('df'), 0)}) = {_fmt(primary.get('t'))}"
+    )
     accuracy = ", ".join(f"{s} {_fmt(block1['accuracy_by_source'][s]['estimate'])}" for s in SOURCES)
     correction = ", ".join(f"{m} {_fmt(block2['correction_rate'][m]['estimate'])}" for m in MODELS)
     lines = [
+        *_readers_lines(document),
         f"Participants analysed: {document['n_participants']}, excluded: {document['n_excluded']}",
         *[f"  excluded {e['participant']}: {e['reason']}" for e in document["exclusions"]],
+        f"Block-1 design: {document.get('block1_design', 'paired')}",
         f"Block 1 accuracy: {accuracy}",
         "Primary endpoint (realness, proposed - baseline): "
-        f"{_fmt(primary.get('mean_diff'))} {_ci(primary)}, t({_fmt(primary.get('df'), 0)}) = {_fmt(primary.get('t'))}, "
+        f"{_fmt(primary.get('mean_diff'))} {_ci(primary)}, {statistic}, "
         f"p = {_fmt(primary.get('p'))}, Holm p = {_fmt(primary.get('p_holm'))}"
         + (f" ({primary['note']})" if primary.get("note") else ""),
         f"Block 2 first-decision accuracy: {_fmt(block2['first_accuracy']['estimate'])}; correction rate: {correction}",

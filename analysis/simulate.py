@@ -58,6 +58,7 @@ class Profile:
     confidence_slope: float = 0.0  # extra first confidence when the first answer is right
     ability_sd: float = 0.5  # participant random intercept of correctness, logit scale
     realness_bias_sd: float = 8.0  # participant random intercept of realness ratings
+    patient_realness_sd: float = 0.0  # patient random intercept of realness (simulate_answers only)
     rt_mean_ms: float = 6000.0
 
     @classmethod
@@ -151,12 +152,14 @@ def _confidence(rng, mean, sd):
     return _rating(rng.normal(mean, sd), CONFIDENCE_SCALE)
 
 
-def answer_block1(rng, profile, reader, source, truth):
-    """Diagnosis, realness (1-100), ticked reason numbers (1-7), slider start and response time for one image."""
+def answer_block1(rng, profile, reader, source, truth, patient_shift=0.0):
+    """Diagnosis, realness (1-100), ticked reason numbers (1-7), slider start and response time for one image.
+    `patient_shift` is added to the realness of every image of the patient (a patient effect)."""
     behaviour = profile.block1[source]
     right = rng.random() < _shifted_probability(behaviour.accuracy, reader.ability)
     realness = _rating(
-        rng.normal(behaviour.realness_mean + reader.realness_bias, behaviour.realness_sd), REALNESS_SCALE
+        rng.normal(behaviour.realness_mean + reader.realness_bias + patient_shift, behaviour.realness_sd),
+        REALNESS_SCALE,
     )
     ticked = rng.random(N_REASONS) < behaviour.reasons_mean / N_REASONS
     slider_start = 50
@@ -203,11 +206,26 @@ def default_cases(n_block1=12, n_block2=12):
     return block1, block2
 
 
-def simulate_answers(profile, n_participants, seed=0, n_block1=12, n_block2=12):
+def simulate_answers(profile, n_participants, seed=0, n_block1=12, n_block2=12, block1_design="paired"):
     """A tidy answer table, as the study export writes it (strings and plain numbers), for `n_participants`
-    simulated readers. Block-2 models are counterbalanced: participant j sees case i with model (i + j) mod 2."""
+    simulated readers (`simulated` is 1 in every row). Block-2 models are counterbalanced: participant j sees case i
+    with model (i + j) mod 2.
+
+    Block 1 follows `block1_design`: "paired" shows every patient as each source; "counterbalanced" shows each
+    patient once, the source from the study platform's Latin square (patients ranked by the conditions their real
+    and synthetic images show; participant number i, from 1, sees the patient of rank r as SOURCES[(i + r) mod 3]),
+    with a random effect per patient (`Profile.patient_realness_sd`) on realness that the analysis must separate from
+    the source."""
+    if block1_design not in ("paired", "counterbalanced"):
+        raise ValueError(f"unknown Block-1 design {block1_design!r}")
     rng = np.random.default_rng(seed)
     block1_cases, block2_cases = default_cases(n_block1, n_block2)
+    ranks = {
+        case[0]: rank for rank, case in enumerate(sorted(block1_cases, key=lambda case: (case[1], case[2], case[0])))
+    }
+    # A generator of its own, so that the answers of a profile without patient effects do not change with it.
+    patient_rng = np.random.default_rng([seed, 1])
+    patient_shift = {case: patient_rng.normal(0, profile.patient_realness_sd) for case, _, _ in block1_cases}
     start = pd.Timestamp("2025-06-02T09:00:00Z")
     records = []
     for j in range(n_participants):
@@ -217,12 +235,13 @@ def simulate_answers(profile, n_participants, seed=0, n_block1=12, n_block2=12):
             (case, source, real if source == "real" else synthetic)
             for case, real, synthetic in block1_cases
             for source in SOURCES
+            if block1_design == "paired" or source == SOURCES[(j + 1 + ranks[case]) % 3]
         ]
         order = rng.permutation(len(trials))
         clock = start + pd.Timedelta(hours=j)
         for index, position in enumerate(order):
             case, source, truth = trials[position]
-            answer = answer_block1(rng, profile, reader, source, truth)
+            answer = answer_block1(rng, profile, reader, source, truth, patient_shift[case])
             clock += pd.Timedelta(milliseconds=answer["rt_ms"])
             records.append(_row(participant, 1, index, case, source, truth, "block1", "", answer, clock))
         for index, position in enumerate(rng.permutation(len(block2_cases))):
@@ -233,7 +252,8 @@ def simulate_answers(profile, n_participants, seed=0, n_block1=12, n_block2=12):
             for phase, answer in (("pre", first), ("post", final)):
                 clock += pd.Timedelta(seconds=5)
                 records.append(_row(participant, 2, index, case, "real", truth, phase, model, answer, clock))
-    return pd.DataFrame.from_records(records, columns=list(ANSWER_COLUMNS))
+    table = pd.DataFrame.from_records(records, columns=list(ANSWER_COLUMNS))
+    return table.assign(block1_design=block1_design)
 
 
 def _row(participant, block, index, case, source, truth, phase, model, answer, clock):
@@ -257,4 +277,5 @@ def _row(participant, block, index, case, source, truth, phase, model, answer, c
         "confidence": answer.get("confidence", ""),
         "rt_ms": answer.get("rt_ms", 4000),
         "answered_at": clock.isoformat(),
+        "simulated": 1,
     }

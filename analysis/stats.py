@@ -22,7 +22,11 @@ from scipy import stats as sps
 SOURCES = ("real", "baseline", "proposed")
 MODELS = ("baseline", "proposed")
 CONDITIONS = ("healthy", "effusion", "pneumonia")
-# The tidy tables the study export writes and the analysis reads: one declaration for both sides.
+# How Block 1 was shown: "paired" (the paper's: every patient as real, baseline and proposed to each participant) or
+# "counterbalanced" (each patient once per participant, its source by a Latin square over participants).
+BLOCK1_DESIGNS = ("paired", "counterbalanced")
+# The tidy tables the study export writes and the analysis reads: one declaration for both sides. `simulated` is 1
+# for the answers of simulated readers (simulate_participants), in both tables, so that no analysis mixes them in.
 ANSWER_COLUMNS = (
     "participant",
     "external_id",
@@ -42,6 +46,8 @@ ANSWER_COLUMNS = (
     "confidence",
     "rt_ms",
     "answered_at",
+    "block1_design",
+    "simulated",
 )
 PARTICIPANT_COLUMNS = (
     "participant",
@@ -55,11 +61,30 @@ PARTICIPANT_COLUMNS = (
     "excluded",
     "exclusion_reason",
     "cf_assignment",
+    "simulated",
 )
 BLOCK2_CONDITIONS = ("effusion", "pneumonia")
 DECISIONS = ("first", "final")
 CONFIDENCE_SCALE = (1, 6)
 PRIMARY_ENDPOINT = "block1.realness_ttest.proposed_vs_baseline"
+# In the counterbalanced design two sources of one patient are seen by different participants: the confirmatory
+# Block-1 tests are linear mixed models with crossed participant and patient effects (see `mixed_linear_source_tests`).
+PRIMARY_ENDPOINTS = {"paired": PRIMARY_ENDPOINT, "counterbalanced": "block1.realness_lmm.proposed_vs_baseline"}
+PRIMARY_ENDPOINT_DESCRIPTIONS = {
+    "paired": "Block 1 realness, proposed vs baseline (paired t-test across participants)",
+    "counterbalanced": "Block 1 realness, proposed vs baseline (linear mixed model, crossed random intercepts for "
+    "participant and patient)",
+}
+
+
+def block1_design(answers):
+    """The Block-1 design of the study behind `answers`: its `block1_design` column, paired when there is none."""
+    if "block1_design" not in answers.columns:
+        return "paired"
+    values = sorted(set(answers["block1_design"].dropna().astype(str)) - {""})
+    if len(values) > 1 or not set(values) <= set(BLOCK1_DESIGNS):
+        raise ValueError(f"the answers must come from one Block-1 design of {BLOCK1_DESIGNS}, got {values}")
+    return values[0] if values else "paired"
 
 
 def nan_result(note, **fields):
@@ -272,6 +297,96 @@ def within_patient_difference(answers):
             result[name]["ci95"] = [math.nan, math.nan]
             continue
         result[name] = {"mean_diff": float(diff.mean()), "ci95": _t_interval(diff), "n_pairs": len(diff)}
+    return result
+
+
+def between_participant_difference(answers):
+    """Counterbalanced design: proposed minus baseline correctness per condition shown, with patients as the units.
+
+    No participant sees two images of one patient, so a patient's difference is between participants: the accuracy
+    on its proposed image (among the participants shown it) minus the accuracy on its baseline image (among
+    others). The CI is a t-interval over the patients."""
+    rows = block1_answers(answers).dropna(subset=["correct"])
+    synthetic = rows[rows["image_source"].isin(MODELS)]
+    wide = synthetic.pivot_table(index="case", columns="image_source", values="correct", aggfunc="mean").reindex(
+        columns=list(MODELS)
+    )
+    wide = wide.join(synthetic.groupby("case")["true_condition"].first()).dropna(subset=list(MODELS))
+    result = {}
+    for name in CONDITIONS:
+        diff = (wide["proposed"] - wide["baseline"])[wide["true_condition"] == name]
+        if len(diff) == 0:
+            result[name] = nan_result(
+                "no patient with answers to both its synthetic images", mean_diff=math.nan, n_patients=0
+            )
+            result[name]["ci95"] = [math.nan, math.nan]
+            continue
+        result[name] = {"mean_diff": float(diff.mean()), "ci95": _t_interval(diff), "n_patients": len(diff)}
+    return result
+
+
+def mixed_linear_source_tests(answers, value, comparisons):
+    """Proposed minus each other source in `value` per Block-1 image, from one linear mixed model with crossed random
+    intercepts for participant and patient (statsmodels MixedLM, REML; Wald z tests and intervals).
+
+    This is the between/within structure of the counterbalanced design: every participant sees every source (on
+    different patients), every patient is shown as every source (to different participants), and the model
+    separates both sources of variation from the source effect."""
+    rows = block1_answers(answers).dropna(subset=[value])
+    names = [f"proposed_vs_{other}" for other in comparisons]
+    counts = {
+        "n_obs": len(rows),
+        "n_participants": int(rows["participant"].nunique()),
+        "n_patients": int(rows["case"].nunique()),
+    }
+    empty = {"mean_diff": math.nan, "ci95": [math.nan, math.nan], "z": math.nan, "p": math.nan, **counts}
+    missing = [s for s in ("proposed", *comparisons) if not (rows["image_source"] == s).any()]
+    if missing or counts["n_participants"] < 2 or counts["n_patients"] < 2 or rows[value].nunique() < 2:
+        note = f"no {', '.join(missing)} images answered" if missing else "too little data or no variation"
+        return {name: nan_result(note, **empty) for name in names}
+    data = pd.DataFrame(
+        {
+            "y": rows[value].astype(float),
+            "source": rows["image_source"].astype(str),
+            "participant": rows["participant"].astype(str),
+            "case": rows["case"].astype(str),
+            "whole": 1,
+        }
+    )
+    import statsmodels.formula.api as smf
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = smf.mixedlm(
+                "y ~ C(source, Treatment('proposed'))",
+                data,
+                groups="whole",
+                re_formula="0",
+                vc_formula={"participant": "0 + C(participant)", "case": "0 + C(case)"},
+            )
+            fit = model.fit(reml=True)
+    except Exception as error:  # noqa: BLE001 - a fit that fails leaves the tests undefined, with the reason
+        return {name: nan_result(f"mixed model failed ({type(error).__name__}: {error})", **empty) for name in names}
+    intervals = fit.conf_int()
+    random_sd = {name: float(np.sqrt(max(v, 0.0))) for name, v in zip(model.exog_vc.names, np.asarray(fit.vcomp))}
+    random_sd["residual"] = float(np.sqrt(fit.scale))
+    result = {}
+    for other, name in zip(comparisons, names):
+        term = f"C(source, Treatment('proposed'))[T.{other}]"
+        # The model's term is other - proposed; the convention here is proposed - other.
+        low, high = intervals.loc[term]
+        result[name] = {
+            "method": "linear mixed model (MixedLM, REML), crossed random intercepts for participant and patient",
+            "mean_diff": -float(fit.params[term]),
+            "ci95": [-float(high), -float(low)],
+            "se": float(fit.bse[term]),
+            "z": -float(fit.tvalues[term]),
+            "p": float(fit.pvalues[term]),
+            "converged": bool(fit.converged),
+            "random_effects_sd": random_sd,
+            **counts,
+        }
     return result
 
 
@@ -661,6 +776,7 @@ def analyse(answers, fit_models=True, progress=None):
     called with the name of each stage."""
     progress = progress or (lambda stage: None)
     progress("block 1")
+    design = block1_design(answers)
     realness = per_participant_by_source(answers, "realness", "mean")
     reasons = per_participant_by_source(answers, "n_reasons", "sum")
     auroc_summary, auroc_table = realness_auroc(answers)
@@ -671,13 +787,23 @@ def analyse(answers, fit_models=True, progress=None):
     block1 = {
         "accuracy_by_source": accuracy_by_source(answers),
         "accuracy_by_source_condition": accuracy_by_source_condition(answers),
-        "within_patient_difference": within_patient_difference(answers),
-        "realness_mean": _column_means(realness),
-        "realness_ttest": paired_source_tests(realness, ("baseline", "real")),
-        "reasons_mean": _column_means(reasons),
-        "reasons_ttest": paired_source_tests(reasons, ("real", "baseline")),
-        "realness_auroc": auroc_summary,
     }
+    if design == "counterbalanced":
+        block1["between_participant_difference"] = between_participant_difference(answers)
+    else:
+        block1["within_patient_difference"] = within_patient_difference(answers)
+    block1.update(
+        {
+            "realness_mean": _column_means(realness),
+            "realness_ttest": paired_source_tests(realness, ("baseline", "real")),
+            "reasons_mean": _column_means(reasons),
+            "reasons_ttest": paired_source_tests(reasons, ("real", "baseline")),
+            "realness_auroc": auroc_summary,
+        }
+    )
+    if design == "counterbalanced":
+        block1["realness_lmm"] = mixed_linear_source_tests(answers, "realness", ("baseline", "real"))
+        block1["reasons_lmm"] = mixed_linear_source_tests(answers, "n_reasons", ("real", "baseline"))
     block2 = {
         "n_pairs": len(pairs),
         "first_accuracy": first_accuracy(pairs),
@@ -698,6 +824,8 @@ def analyse(answers, fit_models=True, progress=None):
     if fit_models:
         progress("mixed models")
     results = {
+        "block1_design": design,
+        "block1_design_note": BLOCK1_DESIGN_NOTES[design],
         "block1": block1,
         "block2": block2,
         "models": {
@@ -705,7 +833,7 @@ def analyse(answers, fit_models=True, progress=None):
             "glmm_block2": glmm_block2(pairs) if fit_models else dict(skipped),
         },
     }
-    results["multiplicity"] = apply_holm(results)
+    results["multiplicity"] = apply_holm(results, HOLM_FAMILIES[design], design)
     tables = {
         "realness_per_participant": realness,
         "reasons_per_participant": reasons,
@@ -747,15 +875,35 @@ HOLM_FAMILY = (
 )
 
 
-def apply_holm(results, family=HOLM_FAMILY):
+# The counterbalanced design's family: the Block-1 tests are the mixed models (the paired t-tests stay secondary).
+HOLM_FAMILIES = {
+    "paired": HOLM_FAMILY,
+    "counterbalanced": tuple(
+        path.replace("realness_ttest", "realness_lmm").replace("reasons_ttest", "reasons_lmm") for path in HOLM_FAMILY
+    ),
+}
+BLOCK1_DESIGN_NOTES = {
+    "paired": "Paired Block-1 design (the paper's): each participant saw every patient as the real image and as "
+    "both counterfactuals, so sources are compared within participants and within patients (paired t-tests across "
+    "participants; within-patient differences).",
+    "counterbalanced": "Counterbalanced Block-1 design: each participant saw every patient once, its source "
+    "assigned by a Latin square over participants, so two sources of one patient were always seen by different "
+    "participants. The confirmatory realness and reasons tests are linear mixed models with crossed random "
+    "intercepts for participant and patient; the within-patient paired difference does not apply and is replaced by "
+    "a between-participant difference per patient; the per-participant paired t-tests are secondary (each "
+    "participant's mean per source is over different patients).",
+}
+
+
+def apply_holm(results, family=HOLM_FAMILY, design="paired"):
     entries = {path: _lookup(results, path) for path in family}
     adjusted = holm({path: entry["p"] for path, entry in entries.items()})
     for path, entry in entries.items():
         entry["p_holm"] = adjusted[path]
     return {
         "method": "Holm step-down, family-wise error 0.05",
-        "primary_endpoint": PRIMARY_ENDPOINT,
-        "primary_endpoint_description": "Block 1 realness, proposed vs baseline (paired t-test across participants)",
+        "primary_endpoint": PRIMARY_ENDPOINTS[design],
+        "primary_endpoint_description": PRIMARY_ENDPOINT_DESCRIPTIONS[design],
         "family": list(family),
         "p_holm": adjusted,
     }

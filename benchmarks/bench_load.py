@@ -10,9 +10,16 @@ twice (a double click) and reloads now and then. Between requests a bot waits an
 time. Reported: throughput, p50/p95/p99 latency per request type, errors (5xx and failed bots), and the exactly-once
 check of every sent answer against the Response rows.
 
+A time-limited run (BENCH_LOAD_DURATION_S) stops every bot after that many seconds, wherever it is in its session:
+at a realistic think time (5 s) a whole session takes longer than the run. Its check is the same: every answer a
+bot sent was acknowledged and is stored exactly once, with nothing stored that no bot sent.
+
+    BENCH_LOAD_DURATION_S=180 BENCH_LOAD_THINK_S=5 python benchmarks/bench_load.py
+
 Environment:
     BENCH_LOAD_PARTICIPANTS=100   bots, all started at once
     BENCH_LOAD_THINK_S=0.5        mean think time between a bot's requests (0: back-to-back stress)
+    BENCH_LOAD_DURATION_S=0       stop the bots after this many seconds (0: each bot takes its whole session)
     BENCH_LOAD_WORKERS=4          gunicorn worker processes
     BENCH_LOAD_BACKENDS=sqlite,postgres
     BENCH_LOAD_PG=postgres://postgres@127.0.0.1:5432/postgres   server used to create and drop the database
@@ -37,6 +44,7 @@ THINK_S = float(os.environ.get("BENCH_LOAD_THINK_S", "0.5"))
 WORKERS = int(os.environ.get("BENCH_LOAD_WORKERS", "4"))
 BACKENDS = [b.strip() for b in os.environ.get("BENCH_LOAD_BACKENDS", "sqlite,postgres").split(",") if b.strip()]
 PG_SERVER = os.environ.get("BENCH_LOAD_PG", "postgres://postgres@127.0.0.1:5432/postgres")
+DURATION_S = float(os.environ.get("BENCH_LOAD_DURATION_S", "0"))
 TARGET_P95_MS = 100
 
 
@@ -101,7 +109,9 @@ def run_backend(backend):
         study = build_study()
         connections.close_all()
         server = ServerProcess(env, folder / "gunicorn.log", workers=WORKERS).start()
-        bots, recorder = run_bots(server.url, study.slug, PARTICIPANTS, think_s=THINK_S, replay_rate=0.1)
+        bots, recorder = run_bots(
+            server.url, study.slug, PARTICIPANTS, think_s=THINK_S, replay_rate=0.1, duration_s=DURATION_S or None
+        )
         server.stop()
         server = None
         from studyplatform.models import Participant, Response
@@ -110,6 +120,9 @@ def run_backend(backend):
         result = {
             "backend": backend,
             "participants": PARTICIPANTS,
+            "duration_s": DURATION_S,
+            "acknowledged": sum(bot.acknowledged for bot in bots),
+            "load": os.getloadavg(),
             "completed": Participant.objects.filter(status=Participant.Status.COMPLETED).count(),
             "response_rows": Response.objects.count(),
             "check": check,
@@ -130,7 +143,8 @@ def run_backend(backend):
 def report(result):
     ok = (
         result["n_errors"] == 0
-        and result["completed"] == result["participants"]
+        and (result["duration_s"] or result["completed"] == result["participants"])
+        and result["acknowledged"] == result["check"]["sent"]
         and result["check"]["lost"] == result["check"]["duplicated"] == result["check"]["changed"] == 0
         and result["check"]["unexpected"] == 0
         and result["response_rows"] == result["check"]["sent"]
@@ -138,7 +152,8 @@ def report(result):
     print(
         f"  {result['backend']}: {result['participants']} participants, {result['completed']} completed, "
         f"{result['requests']} requests in {result['seconds']:.1f} s = {result['throughput']:.1f} req/s, "
-        f"{result['n_errors']} errors"
+        f"{result['n_errors']} errors, load average at the end {' '.join(f'{x:.2f}' for x in result['load'])} "
+        f"on {os.cpu_count()} cores"
     )
     print(f"    {'request':<8} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind, row in result["per"].items():
@@ -148,7 +163,8 @@ def report(result):
         )
     check = result["check"]
     print(
-        f"    exactly once: sent {check['sent']}, rows {result['response_rows']}, lost {check['lost']}, "
+        f"    exactly once: sent {check['sent']}, acknowledged {result['acknowledged']}, "
+        f"rows {result['response_rows']}, lost {check['lost']}, "
         f"duplicated {check['duplicated']}, changed {check['changed']}, unexpected {check['unexpected']}"
         f" -> {'OK' if ok else 'FAILED'}"
     )
@@ -164,8 +180,9 @@ def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--backend":
         run_backend(sys.argv[2])
         return 0
+    sessions = f"for {DURATION_S:.0f} s" if DURATION_S else "whole sessions (36 Block-1 + 24 Block-2 answers)"
     print(
-        f"load: {PARTICIPANTS} simulated participants at once, whole sessions (36 Block-1 + 24 Block-2 answers), "
+        f"load: {PARTICIPANTS} simulated participants at once, {sessions}, "
         f"think time {THINK_S} s mean, gunicorn {WORKERS} sync workers, bots in this machine's CPU too"
     )
     failures = 0

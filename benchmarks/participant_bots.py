@@ -77,8 +77,22 @@ def percentile(sorted_values, q):
 class Bot:
     """One participant. `sent` maps trial id -> the answer fields sent for it (what the database must hold)."""
 
-    def __init__(self, base_url, slug, external_id, recorder, seed, think_s=0.0, replay_rate=0.1, fetch_images=True):
+    def __init__(
+        self,
+        base_url,
+        slug,
+        external_id,
+        recorder,
+        seed,
+        think_s=0.0,
+        replay_rate=0.1,
+        fetch_images=True,
+        deadline=None,
+    ):
         self.base_url = base_url.rstrip("/")
+        # A time-limited run: at this time.monotonic() the bot sends nothing more (it never leaves a request unread).
+        self.deadline = deadline
+        self.acknowledged = 0
         self.slug, self.external_id = slug, external_id
         self.recorder = recorder
         self.rng = random.Random(seed)
@@ -120,6 +134,8 @@ class Bot:
         seen_images = set()
         while step["state"] in ("instructions", "trial"):
             self.think()
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return step
             if step["state"] == "instructions":
                 path = f"/api/participant/{self.token}/begin/"
                 step = self.call("begin", "POST", path, {"block": step["block"]}).json()
@@ -133,6 +149,7 @@ class Bot:
             answer = self.answer_for(trial)
             self.sent[trial["id"]] = {k: v for k, v in answer.items() if k not in ("trial", "slider_moved")}
             reply = self.call("answer", "POST", f"/api/participant/{self.token}/answers/", answer, expect=(201,))
+            self.acknowledged += 1
             if self.rng.random() < self.replay_rate:
                 replay = self.call(
                     "replay", "POST", f"/api/participant/{self.token}/answers/", answer, expect=(200,)
@@ -146,11 +163,27 @@ class Bot:
         return step
 
 
-def run_bots(base_url, slug, n_bots, concurrency=None, think_s=0.0, replay_rate=0.1, seed=0, fetch_images=True):
-    """Run `n_bots` bots at once (threads); returns (bots, recorder). Failures are recorded, not raised."""
+def run_bots(
+    base_url, slug, n_bots, concurrency=None, think_s=0.0, replay_rate=0.1, seed=0, fetch_images=True, duration_s=None
+):
+    """Run `n_bots` bots at once (threads); returns (bots, recorder). Failures are recorded, not raised.
+
+    With `duration_s`, the bots stop sending after that many seconds wherever they are in their sessions (each one
+    still reads the reply to its last request), so every answer a bot sent was acknowledged or failed."""
     recorder = Recorder()
+    deadline = time.monotonic() + duration_s if duration_s else None
     bots = [
-        Bot(base_url, slug, f"loadbot{seed}x{i:04d}", recorder, seed * 100_003 + i, think_s, replay_rate, fetch_images)
+        Bot(
+            base_url,
+            slug,
+            f"loadbot{seed}x{i:04d}",
+            recorder,
+            seed * 100_003 + i,
+            think_s,
+            replay_rate,
+            fetch_images,
+            deadline,
+        )
         for i in range(n_bots)
     ]
 

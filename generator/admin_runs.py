@@ -155,17 +155,25 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="metrics")
     def metrics_table(self, run):
+        """One column per evaluated checkpoint and one row per metric: a run has a few checkpoints but many
+        metrics, so the table fits the page (and scrolls inside its field if a run has very many checkpoints)."""
         rows = services.metrics_rows(run)
         if not rows:
             return "not evaluated yet (manage.py evaluate_generator)"
         notes = format_html_join("", '<p style="color:#ba2121"><strong>{}: {}</strong></p>', run.evaluation_warnings)
-        header = format_html_join("", "<th>{}</th>", ((column,) for column in rows[0]))
+        first, *metrics = list(rows[0])
+        header = format_html_join("", "<th>{}</th>", ((name,) for name in [first, *(row[first] for row in rows)]))
         body = format_html_join(
             "",
-            "<tr>{}</tr>",
-            ((format_html_join("", "<td>{}</td>", ((value,) for value in row.values())),) for row in rows),
+            "<tr><th>{}</th>{}</tr>",
+            ((metric, format_html_join("", "<td>{}</td>", ((row[metric],) for row in rows))) for metric in metrics),
         )
-        return format_html("{}<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", notes, header, body)
+        return format_html(
+            '{}<div class="wide-table"><table><thead><tr>{}</tr></thead><tbody>{}</tbody></table></div>',
+            notes,
+            header,
+            body,
+        )
 
     @admin.display(description="checkpoints")
     def checkpoint_list(self, run):

@@ -38,7 +38,7 @@ class TrainingRun(models.Model):
     class Variant(models.TextChoices):
         BASELINE = "baseline"
         EXPERT = "expert"
-        EXPERT_AL = "expert-al"
+        EXPERT_AL = "expert-al", "Expert-AL"
 
     class Status(models.TextChoices):
         CREATED = "created"

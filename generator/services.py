@@ -13,18 +13,15 @@ import secrets
 import uuid
 from pathlib import Path
 
-import numpy as np
-import torch
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from PIL import Image
 
 from generator.models import Dataset, TrainingRun
-from generator.training import pipeline
-from generator.training.checkpoint import code_version, read_manifest
 from generator.training.presets import get_preset
-from generator.training.trainer import apply_thread_policy
+
+# The admin imports this module in the web process, which must not load PyTorch: NumPy, PyTorch, Pillow and the
+# training core are imported inside the functions that train, generate or evaluate.
 
 # A stored loss curve keeps at most this many points per stage (paper-192 logs tens of thousands).
 HISTORY_POINTS = 500
@@ -48,6 +45,8 @@ def run_directory(run):
 
 def parse_steps(value):
     """`--steps 200` (every stage) or `--steps hvae=2000,counterfactual=500` -> {stage: steps}."""
+    from generator.training import pipeline
+
     if value in (None, "", {}):
         return {}
     if isinstance(value, dict):
@@ -80,6 +79,9 @@ def create_training_run(
 
     `steps` is N (every stage) or {stage: N}; `budget` a wall-clock limit in seconds shared by the stages.
     """
+    from generator.training import pipeline
+    from generator.training.checkpoint import code_version
+
     try:
         preset_settings = get_preset(preset)
     except KeyError as exc:
@@ -115,6 +117,8 @@ def create_training_run(
 
 def stage_plan(run):
     """The stages a run goes through, in order (progress bars and job percentages are built from it)."""
+    from generator.training import pipeline
+
     plan = ["data"]
     if run.variant != TrainingRun.Variant.BASELINE:
         plan.append("expert")
@@ -147,6 +151,8 @@ def run_training(run, progress=None, resume=False):
     the run is marked failed with the error text, only stages whose checkpoint was completely written stay
     recorded, and the exception propagates. Under torchrun only rank 0 writes to the database (and to disk).
     """
+    from generator.training.checkpoint import code_version
+
     out_dir = run_directory(run)
     if not is_main_process():
         _train(run, out_dir, progress, resume)
@@ -171,6 +177,9 @@ def is_main_process():
 
 
 def _train(run, out_dir, progress, resume):
+    from generator.training import pipeline
+    from generator.training.trainer import apply_thread_policy
+
     progress = progress or (lambda stage, fraction, message="": None)
     threads = apply_thread_policy()
     progress("data", 0.0, f"{threads} torch thread(s), load {os.getloadavg()[0]:.1f}")
@@ -204,11 +213,15 @@ class _StageRecorder:
 
 def completed_checkpoints(out_dir):
     """Stage -> checkpoint path of every stage the run manifest marks complete (never a partial file)."""
+    from generator.training.checkpoint import read_manifest
+
     stages = read_manifest(out_dir).get("stages", {})
     return {stage: record["checkpoint"] for stage, record in stages.items() if Path(record["checkpoint"]).is_file()}
 
 
 def _thin(history):
+    import numpy as np
+
     if len(history) <= HISTORY_POINTS:
         return history
     keep = np.unique(np.linspace(0, len(history) - 1, HISTORY_POINTS).round().astype(int))
@@ -220,6 +233,8 @@ def _jsonable(value):
 
 
 def _finish_succeeded(run, out_dir, summary):
+    from generator.training.checkpoint import read_manifest
+
     checkpoints = completed_checkpoints(out_dir)
     checkpoints.update({k: str(v) for k, v in summary.get("checkpoints", {}).items()})
     checkpoints["final"] = str(summary["checkpoint"])
@@ -354,6 +369,10 @@ def resolve_expert(run=None, expert=None):
 
 def _source_images(dataset, resolution, ids, image_files, predictors_path):
     """(x [N,1,H,W] in [-1,1], pa {name: Tensor[N]}, descriptions) of the requested real images."""
+    import torch
+
+    from generator.training import pipeline
+
     if bool(ids) == bool(image_files):
         raise ValueError("give either dataset image ids or image files, not both and not neither")
     if ids:
@@ -393,6 +412,10 @@ def _source_images(dataset, resolution, ids, image_files, predictors_path):
 
 def read_image_file(path, resolution):
     """A radiograph file as [1, H, W] in [-1, 1]: grayscale, centre-cropped to a square, resized to `resolution`."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     try:
         with Image.open(path) as image:
             image = image.convert("F") if image.mode.startswith("I") else image.convert("L")
@@ -411,6 +434,9 @@ def read_image_file(path, resolution):
 
 def to_png(x, path):
     """Write one image in [-1, 1] ([1,H,W] or [H,W]) as an 8-bit grayscale PNG."""
+    import torch
+    from PIL import Image
+
     pixels = ((x.detach().float().cpu().squeeze().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     Image.fromarray(pixels, mode="L").save(path, format="PNG")
 
@@ -457,6 +483,10 @@ def generate_counterfactuals(
     `seed + i`, so any item can be reproduced on its own.
     Returns (folder, manifest dict); the manifest is also written to folder/manifest.json.
     """
+    import torch
+
+    from generator.training import pipeline
+
     label, checkpoint_path = resolve_checkpoint(run, checkpoint)
     model = pipeline.load_model(checkpoint_path)
     device = next(model.parameters()).device
@@ -636,6 +666,7 @@ def evaluate_run(
     from generator.data.phantom import PhantomSCM
     from generator.evaluation.evaluate import evaluate_model
     from generator.evaluation.report import write_report
+    from generator.training import pipeline
 
     if checkpoint == "all":
         if run.status != TrainingRun.Status.SUCCEEDED:
@@ -707,6 +738,8 @@ def evaluate_run(
 
 def write_figures(model, splits, expert_model, folder, seed, examples=4):
     """Per test image: observation, counterfactual under each disease, direct effect and uncertainty (PNG)."""
+    import numpy as np
+
     from generator.evaluation.evaluate import disease_examples
     from generator.evaluation.figures import plot_counterfactual_examples
 
@@ -811,6 +844,71 @@ def compare_runs(runs, out_dir):
 # --- stimuli for a reader study -------------------------------------------------------------------------------------
 
 
+# Stimuli come from the held-out test split: the models were trained on `train` and tuned on `valid` images.
+STIMULUS_SPLITS = ("test",)
+
+
+def check_stimulus_splits(splits):
+    """The data-set splits stimuli may come from: `test` unless the researcher names others."""
+    from generator.data import SPLITS
+
+    chosen = tuple(dict.fromkeys(splits or STIMULUS_SPLITS))
+    unknown = sorted(set(chosen) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
+    return chosen
+
+
+def screen_stimulus_sources(splits, ids, *, allowed=STIMULUS_SPLITS, screening=None):
+    """Where each data-set image comes from and whether it may become a stimulus.
+
+    `splits` are the loaded data set ({"train", "valid", "test"}); `screening` as
+    `generator.data.screening.ScreeningRules.from_value` (None: the default rules, False: off). Returns
+    {image id: {"split", "passed", "reasons", "age", "view", "blank_border", "rules"}}; an image outside the allowed
+    splits, missing from the data set or failing a screening criterion has passed False and says why in reasons.
+    """
+    from generator.data.screening import ScreeningRules, screen_sample
+
+    rules = ScreeningRules.from_value(screening)
+    where = {}
+    for name, split in splits.items():
+        for row, image_id in enumerate(split.ids):
+            where.setdefault(str(image_id), (name, split, row))
+    checks = {}
+    for image_id in dict.fromkeys(str(i) for i in ids):
+        if image_id not in where:
+            checks[image_id] = {"split": "", "passed": False, "reasons": ["not in the data set"]}
+            continue
+        name, split, row = where[image_id]
+        check = {"split": name, **screen_sample(split, row, rules), "rules": rules.to_dict()}
+        if name not in allowed:
+            use = "trained" if name == "train" else "tuned"
+            check["reasons"].insert(0, f"from the {name} split, which the models were {use} on (not held out)")
+            check["passed"] = False
+        checks[image_id] = check
+    return checks
+
+
+def stimulus_candidates(dataset, resolution, *, splits=STIMULUS_SPLITS, screening=None):
+    """Every image of the allowed splits that passes screening, as (image id, condition name, split), in split order
+    and then data-set order; and {image id: check} of the images that were screened out."""
+    loaded = load_run_splits(dataset, resolution)
+    allowed = check_stimulus_splits(splits)
+    ids = [str(i) for name in allowed for i in loaded[name].ids]
+    checks = screen_stimulus_sources(loaded, ids, allowed=allowed, screening=screening)
+    conditions = loaded["train"].graph["disease"].categories
+    candidates, skipped = [], {}
+    for name in allowed:
+        split = loaded[name]
+        for row, image_id in enumerate(split.ids):
+            check = checks[str(image_id)]
+            if check["passed"]:
+                candidates.append((str(image_id), conditions[int(split.pa["disease"][row])], name))
+            else:
+                skipped[str(image_id)] = check
+    return candidates, skipped
+
+
 def generate_stimuli(
     study,
     baseline_run,
@@ -821,6 +919,8 @@ def generate_stimuli(
     samples=1,
     seed=0,
     expert=None,
+    splits=None,
+    screening=None,
     progress=None,
 ):
     """Both models' counterfactuals of the study's cases, attached through the study's manifest import.
@@ -828,18 +928,45 @@ def generate_stimuli(
     Every case with a data-set `source_id` (or those in `case_ids`) gets each model's counterfactual under
     do(disease := the case's counterfactual condition). Both models see the same images under the same seeds and
     are annotated by the same expert (the proposed run's own when it has one), so their stimuli differ only by
-    the model. Returns {"folders": {role: path}, "imported": {role: import result}}.
+    the model.
+
+    Source images come from the test split unless `splits` names others, and pass the stimulus screening (adults,
+    frontal view, no large blank border; `screening` relaxes it or, with False, turns it off). Each case records
+    its split and its screening result; a case that fails is skipped (no counterfactuals) with its reasons.
+    Returns {"folders": {role: path}, "imported": {role: import result}, "splits": {case: split},
+    "skipped": {case: [reasons]}}.
     """
     from studyplatform import services as study_services
     from studyplatform.models import Case
 
+    allowed = check_stimulus_splits(splits)
+    report = progress or (lambda fraction, message: None)
     cases = Case.objects.filter(study=study).exclude(source_id="").order_by("block", "position", "label")
     if case_ids:
         cases = cases.filter(pk__in=case_ids)
-    # One counterfactual per (image, condition): a Block-1 patient and a Block-2 case may share an image.
-    requests = sorted({(case.source_id, case.cf_condition) for case in cases})
-    if not requests:
+    cases = list(cases)
+    if not cases:
         raise ValueError(f"study {study.slug!r} has no case with a data-set image id to make counterfactuals of")
+    dataset = baseline_run.dataset
+    checks = screen_stimulus_sources(
+        load_run_splits(dataset, dataset.resolution),
+        [case.source_id for case in cases],
+        allowed=allowed,
+        screening=screening,
+    )
+    skipped = {}
+    for case in cases:
+        check = checks[case.source_id]
+        study_services.record_case_source(case, split=check["split"], screening=check)
+        if not check["passed"]:
+            skipped[case.label] = check["reasons"]
+    summary = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in skipped.items())
+    if len(skipped) == len(cases):
+        raise ValueError(f"no case of study {study.slug!r} can become a stimulus: {summary}")
+    passed = f"{len(cases) - len(skipped)} of {len(cases)} cases passed the screening"
+    report(0.0, passed + (f"; skipped {summary}" if summary else ""))
+    # One counterfactual per (image, condition): a Block-1 patient and a Block-2 case may share an image.
+    requests = sorted({(case.source_id, case.cf_condition) for case in cases if case.label not in skipped})
     if expert is None and (run_directory(proposed_run) / "expert.pt").is_file():
         expert = str(run_directory(proposed_run) / "expert.pt")
     checkpoints = checkpoints or {}
@@ -862,4 +989,11 @@ def generate_stimuli(
         )
         folders[role] = str(folder)
         imported[role] = study_services.import_counterfactual_manifest(study, folder, model_role=role)
-    return {"folders": folders, "imported": imported}
+    if skipped:
+        report(1.0, f"done; skipped {len(skipped)} case(s) without counterfactuals: {summary}")
+    return {
+        "folders": folders,
+        "imported": imported,
+        "splits": {case.label: checks[case.source_id]["split"] for case in cases},
+        "skipped": skipped,
+    }

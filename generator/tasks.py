@@ -6,24 +6,37 @@ Each job takes plain JSON parameters (ids and names), calls one service function
 
 import time
 
-from generator import services
+from generator.models import TrainingRun
 from studyplatform.jobs import job_task
+
+# The job kinds are registered wherever jobs are enqueued, the web process included, so this module imports the
+# generator's services (and with them PyTorch and Pyro) only inside the tasks, where the work needs them.
 
 
 def fail_runs_of_lost_jobs(sender, job_ids, **_):
     """A training job whose worker died leaves its run `failed` too (resumable from its last checkpoint)."""
-    services.fail_runs_of_jobs(job_ids)
+    # The Job admin page reaps lost jobs in the web process: the generator is loaded only when a run was affected.
+    if TrainingRun.objects.filter(job_id__in=job_ids, status=TrainingRun.Status.RUNNING).exists():
+        _services().fail_runs_of_jobs(job_ids)
 
 
 # A training step can take milliseconds: the job row (and the cancel flag) is visited at most this often per stage.
 PROGRESS_INTERVAL_SECONDS = 1.0
 
-_run = services.find_run
+
+def _services():
+    from generator import services
+
+    return services
+
+
+def _run(run_id):
+    return _services().find_run(run_id)
 
 
 def stage_progress(ctx, run):
     """A progress(stage, fraction, message) callback that turns stages into one job percentage."""
-    plan = services.stage_plan(run)
+    plan = _services().stage_plan(run)
     last = {"stage": None, "at": 0.0}
 
     def report(stage, fraction, message=""):
@@ -43,7 +56,7 @@ def stage_progress(ctx, run):
 def train_generator(ctx, run_id, resume=False):
     run = _run(run_id)
     ctx.log(f"training run {run.name} ({run.variant}, preset {run.preset}, seed {run.seed}) on {run.dataset.name}")
-    run = services.run_training(run, progress=stage_progress(ctx, run), resume=resume)
+    run = _services().run_training(run, progress=stage_progress(ctx, run), resume=resume)
     ctx.log(f"run {run.name} succeeded; final checkpoint {run.checkpoints.get('final')}")
     return {"run": run.name, "status": run.status, "checkpoints": run.checkpoints}
 
@@ -53,7 +66,7 @@ def generate_counterfactuals(
     ctx, run_id, do, ids=None, images=None, out_dir=None, samples=1, checkpoint=None, seed=0, expert=None
 ):
     run = _run(run_id)
-    folder, manifest = services.generate_counterfactuals(
+    folder, manifest = _services().generate_counterfactuals(
         run,
         do,
         ids=ids,
@@ -82,7 +95,7 @@ def evaluate_generator(
         def report(fraction, message, index=index, run=run):
             ctx.progress(100 * (index + fraction) / len(to_evaluate), f"{run.name}: {message}")
 
-        results[run.name] = services.evaluate_run(
+        results[run.name] = _services().evaluate_run(
             run,
             checkpoint,
             n=n,
@@ -97,7 +110,7 @@ def evaluate_generator(
     if compare_dir:
         for run in runs:
             run.refresh_from_db()
-        answer["comparison"] = {k: str(v) for k, v in services.compare_runs(runs, compare_dir).items()}
+        answer["comparison"] = {k: str(v) for k, v in _services().compare_runs(runs, compare_dir).items()}
     return answer
 
 
@@ -113,12 +126,16 @@ def generate_stimuli(
     samples=1,
     seed=0,
     expert=None,
+    splits=None,
+    screening=None,
 ):
-    """Each model's counterfactuals for the study's cases, imported through the study service."""
+    """Each model's counterfactuals for the study's cases, imported through the study service. Source images come
+    from `splits` (default: test) and pass `screening` (None: the default rules; False: off); skipped cases are
+    logged and listed in the result."""
     from studyplatform.models import Study
 
     study = Study.objects.get(pk=study_id)
-    result = services.generate_stimuli(
+    result = _services().generate_stimuli(
         study,
         _run(baseline_run),
         _run(proposed_run),
@@ -127,8 +144,12 @@ def generate_stimuli(
         samples=samples,
         seed=seed,
         expert=expert,
+        splits=splits,
+        screening=screening,
         progress=lambda fraction, message: ctx.progress(100 * fraction, message),
     )
+    for label, reasons in result["skipped"].items():
+        ctx.log(f"skipped {label}: {', '.join(reasons)}")
     for role, imported in result["imported"].items():
         ctx.log(f"{role}: attached {len(imported['attached'])}, unmatched {len(imported['unmatched'])}")
     return result

@@ -32,17 +32,27 @@
 
   var hint = document.getElementById("submit-hint");
   var sent = false;
-  form.addEventListener("submit", function (event) {
-    if (sent) { event.preventDefault(); return; }
+  function missingAnswers() {
     var missing = [];
     if (!form.querySelector("input[name=diagnosis]:checked")) missing.push("choose a diagnosis");
     if (phase === "block1" && moved.value !== "1") missing.push("move the realness slider");
     if ((phase === "pre" || phase === "post") && !form.querySelector("input[name=confidence]:checked")) {
       missing.push("choose your confidence");
     }
-    if (missing.length) {
+    return missing.length ? "Please " + missing.join(" and ") + "." : "";
+  }
+  // A hint once shown follows the answer: it shrinks as parts are given and is gone once nothing is missing.
+  function updateHint() {
+    if (hint.textContent) hint.textContent = missingAnswers();
+  }
+  form.addEventListener("change", updateHint);
+  form.addEventListener("input", updateHint);
+  form.addEventListener("submit", function (event) {
+    if (sent) { event.preventDefault(); return; }
+    var missing = missingAnswers();
+    if (missing) {
       event.preventDefault();
-      hint.textContent = "Please " + missing.join(" and ") + ".";
+      hint.textContent = missing;
       return;
     }
     document.getElementById("rt_ms").value = String(Math.max(0, Math.round(performance.now() - shownAt)));

@@ -1,12 +1,13 @@
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from studyplatform import export, jobs, services
-from studyplatform.forms import CaseForm, GenerateStimuliForm, InviteForm, StudyForm
+from studyplatform.forms import CaseForm, CaseInlineForm, GenerateStimuliForm, InviteForm, StudyForm
 from studyplatform.models import AuditLog, Case, Invite, Job, Participant, Response, Stimulus, Study
 
 
@@ -103,6 +104,58 @@ class CaseInline(admin.TabularInline):
         return format_html_join(" ", "{}", ((thumbnail(by_source.get(s)),) for s in ("real", "baseline", "proposed")))
 
 
+class NewCaseInline(admin.TabularInline):
+    """Adds cases (with their real image) from the study page while the study is a draft; the cases it has are
+    listed above it and edited on their own page."""
+
+    model = Case
+    form = CaseInlineForm
+    extra = 1
+    fields = ("label", "block", "source_id", "true_condition", "cf_condition", "real_image")
+    verbose_name = "new case"
+    verbose_name_plural = "add cases"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).none()
+
+    # Offered only while the study is a draft (or being added); an open study's page has no such rows at all.
+    def has_add_permission(self, request, obj=None):
+        return _draft(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return _draft(obj) and super().has_change_permission(request, obj)
+
+    def has_view_permission(self, request, obj=None):
+        return _draft(obj) and super().has_view_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _draft(study):
+    return study is None or study.status == Study.Status.DRAFT
+
+
+def stimulus_jobs(study, limit=3):
+    """The latest stimulus-generation jobs of a study."""
+    return Job.objects.filter(kind="generate_stimuli", params__study_id=study.pk).order_by("-created_at")[:limit]
+
+
+BLOCK1_DESIGN_HELP = (
+    "Paired (the paper's design): each participant sees every patient three times, as the real radiograph and as "
+    "the baseline and the proposed counterfactual, so sources are compared on the same patient by the same reader. "
+    "But when a patient's counterfactuals show another condition than the real image, the image that differs from "
+    "the other two is the real one: it can be found by elimination. "
+    "Counterbalanced: each participant sees every patient once, as real, baseline or proposed by a Latin square "
+    "over participants (over every three participants each patient is shown once as each). Nothing can be found by "
+    "elimination, but two sources of one patient are always seen by different participants, so they are compared "
+    "between participants (the analysis uses mixed models with participant and patient effects) and each "
+    "participant answers a third as many Block-1 images. It needs a multiple of 3 patients whose real images show "
+    "the conditions in the same proportions as their counterfactuals; recruit participants in multiples of 3. "
+    "The design cannot change once the study has opened."
+)
+
+
 @admin.register(Study)
 class StudyAdmin(ExportPermission, admin.ModelAdmin):
     form = StudyForm
@@ -110,8 +163,17 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
     list_filter = ("status",)
     search_fields = ("title", "slug")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("status", "opened_at", "closed_at", "prolific_link", "readiness", "counts", "sessions_refused")
-    inlines = [CaseInline]
+    readonly_fields = (
+        "status",
+        "opened_at",
+        "closed_at",
+        "prolific_link",
+        "readiness",
+        "counts",
+        "sessions_refused",
+        "stimulus_build",
+    )
+    inlines = [CaseInline, NewCaseInline]
     actions = [
         "open_studies",
         "close_studies",
@@ -135,7 +197,11 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
                 )
             },
         ),
-        ("Stimulus set", {"fields": ("block1_patients", "block2_cases", "working_size", "display_size")}),
+        ("Block-1 design", {"fields": ("block1_design",), "description": BLOCK1_DESIGN_HELP}),
+        (
+            "Stimulus set",
+            {"fields": ("block1_patients", "block2_cases", "working_size", "display_size", "stimulus_build")},
+        ),
         (
             "Prolific and timing",
             {
@@ -161,10 +227,38 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
 
     @admin.display(description="Prolific study URL")
     def prolific_link(self, study):
+        if not study.slug:
+            return "shown here once the study is saved with its slug"
         return copyable(
             f"{settings.SITE_URL}/s/{study.slug}/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
             "&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
         )
+
+    @admin.display(description="counterfactual generation")
+    def stimulus_build(self, study):
+        """The progress of the study's stimulus-generation jobs, where the researcher waits for them."""
+        found = list(stimulus_jobs(study)) if study.pk is not None else []
+        if not found:
+            return "none yet (action: Generate counterfactual stimuli from training runs)"
+        rows = (
+            (
+                reverse("admin:studyplatform_job_change", args=[job.pk]),
+                job.created_at.strftime("%Y-%m-%d %H:%M"),
+                job.status,
+                round(job.progress),
+                round(job.progress),
+                job.error.splitlines()[-1] if job.error else job.message,
+            )
+            for job in found
+        )
+        running = any(not job.is_finished for job in found)
+        hint = format_html("<div>{}</div>", "Reload the page to follow the progress.") if running else ""
+        rows_html = format_html_join(
+            "",
+            '<div><a href="{}">{}</a> {} <progress max="100" value="{}" style="width:8em"></progress> {}% {}</div>',
+            rows,
+        )
+        return format_html("{}{}", rows_html, hint)
 
     @admin.display(description="ready to open?")
     def readiness(self, study):
@@ -193,6 +287,30 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         services.save_study(obj, by=request.user, changed=form.changed_data)
+
+    def save_formset(self, request, form, formset, change):
+        """Cases added on the study page go through the service (image normalised, audit-logged)."""
+        if formset.model is not Case:
+            return super().save_formset(request, form, formset, change)
+        # What the admin's change message reads from a saved formset.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for case_form in formset.forms:
+            if case_form.instance.pk is not None or not case_form.has_changed():
+                continue
+            data = case_form.cleaned_data
+            image, name = case_form.uploads()["real"]
+            case = services.add_case(
+                form.instance,
+                label=data["label"],
+                block=data["block"],
+                true_condition=data["true_condition"],
+                cf_condition=data["cf_condition"],
+                source_id=data["source_id"],
+                real_image=image,
+                real_image_name=name,
+                by=request.user,
+            )
+            formset.new_objects.append(case)
 
     def delete_model(self, request, obj):
         services.audit(request.user, "study.delete", obj, None, slug=obj.slug)
@@ -247,6 +365,14 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
         study = _one_study(self, request, queryset)
         if study is None:
             return None
+        if study.status != Study.Status.DRAFT:
+            self.message_user(
+                request,
+                f"{study.slug}: the study is {study.status}, so its stimulus set is frozen; counterfactual stimuli can "
+                "only be generated for a draft study.",
+                messages.ERROR,
+            )
+            return None
         form = GenerateStimuliForm(request.POST if "baseline_run" in request.POST else None)
         if form.is_valid():
             job = jobs.enqueue(
@@ -256,13 +382,19 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
                 proposed_run=str(form.cleaned_data["proposed_run"].pk),
                 samples=form.cleaned_data["samples"],
                 seed=form.cleaned_data["seed"],
+                **form.stimulus_options(),
             )
             services.audit(request.user, "stimuli.generate", study, study, job=str(job.pk))
-            self.message_user(request, f"Job {job.pk} queued; follow its progress under Jobs.", messages.SUCCESS)
-            return None
+            self.message_user(
+                request, f"Job {job.pk} queued; its progress shows under Counterfactual generation.", messages.SUCCESS
+            )
+            return HttpResponseRedirect(reverse("admin:studyplatform_study_change", args=[study.pk]))
         help_text = (
             "Every case with a data-set image id gets the counterfactual of each model under its counterfactual "
-            "condition; the images replace any earlier ones of the same model."
+            "condition; the images replace any earlier ones of the same model. Source images must come from the "
+            "held-out test split and pass the stimulus screening: an adult patient (18 or older), a frontal view "
+            "(PA or AP) and no blank border over 20% of the image area (measured from the pixels). A case that "
+            "fails is skipped, with its reason on the job and on the case; the options below relax the rules."
         )
         return self._action_form(
             request,
@@ -308,8 +440,8 @@ class StimulusInline(admin.TabularInline):
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
     form = CaseForm
-    list_display = ("label", "study", "block", "true_condition", "cf_condition", "images")
-    list_filter = ("study", "block", "true_condition")
+    list_display = ("label", "study", "block", "true_condition", "cf_condition", "split", "screening", "images")
+    list_filter = ("study", "block", "true_condition", "split")
     search_fields = ("label", "source_id")
     inlines = [StimulusInline]
 
@@ -317,8 +449,19 @@ class CaseAdmin(admin.ModelAdmin):
     def images(self, case):
         return CaseInline.images(self, case)
 
+    @admin.display(description="stimulus screening")
+    def screening(self, case):
+        """The screening its source image got when counterfactuals were generated (kept with the real image)."""
+        real = next((s for s in case.stimuli.all() if s.source == Stimulus.Source.REAL), None)
+        check = (real.provenance or {}).get("screening") if real is not None else None
+        if not check:
+            return "not screened yet"
+        if not check.get("passed"):
+            return "skipped: " + "; ".join(check.get("reasons", []))
+        return f"passed (blank border {check.get('blank_border', 0):.0%})"
+
     def get_readonly_fields(self, request, obj=None):
-        return ("study", "block") if obj is not None else ()
+        return ("study", "block", "split", "screening") if obj is not None else ()
 
     def save_model(self, request, obj, form, change):
         uploads = form.uploads()
@@ -371,12 +514,13 @@ class ParticipantAdmin(ExportPermission, admin.ModelAdmin):
         "study",
         "status",
         "progress",
+        "simulated",
         "excluded",
         "exclusion_reason",
         "consented_at",
         "last_seen_at",
     )
-    list_filter = ("study", "status", "excluded")
+    list_filter = ("study", "status", "simulated", "excluded")
     search_fields = ("external_id",)
     actions = ["exclude_selected", "include_selected", "delete_data", "export_participants", "export_answers"]
     exclude = ("token", "plan")
@@ -392,6 +536,7 @@ class ParticipantAdmin(ExportPermission, admin.ModelAdmin):
         "seed",
         "cf_assignment",
         "n_answers",
+        "simulated",
         "excluded",
         "exclusion_reason",
         "status_before_exclusion",

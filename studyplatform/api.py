@@ -511,11 +511,11 @@ def participant_begin(request, token):
 @api_view(["POST"])
 @participant_endpoint
 def participant_answer(request, token):
-    participant = services.get_session(token)
     data = _json_object(request, not_an_object=services.AnswerInvalid)
     answer = {key: value for key, value in data.items() if key != "trial"}
-    response, created = services.submit_answer(participant, data.get("trial"), answer)
-    participant.refresh_from_db()
+    response, created = services.answer_session({"token": token}, data.get("trial"), answer)
+    # The session as the answer left it; its next step needs no second read of the participant.
+    participant = response.participant
     stored = {
         "diagnosis": response.diagnosis,
         "realness": response.realness,

@@ -8,6 +8,8 @@ import random
 import secrets
 
 MODELS = ("baseline", "proposed")
+SOURCES = ("real", "baseline", "proposed")
+PAIRED, COUNTERBALANCED = "paired", "counterbalanced"
 
 
 def spread_order(groups, rng):
@@ -47,23 +49,65 @@ def model_for(participant_index, case_position):
     return MODELS[(participant_index + case_position) % 2]
 
 
+def source_for(participant_index, rank):
+    """Latin square over (participant, patient) for the counterbalanced Block-1 design: participant group
+    `participant_index mod 3` sees the patient of Latin-square rank `rank` as SOURCES[(index + rank) mod 3], so over
+    three consecutive participants every patient is shown once as real, once as baseline and once as proposed."""
+    return SOURCES[(participant_index + rank) % 3]
+
+
+def latin_square_ranks(cases):
+    """Rank of each Block-1 patient in the Latin square: patients sorted by (condition of the real image, condition
+    of the counterfactuals, position, label), i.e. grouped by what each source of them shows. Consecutive ranks get
+    consecutive sources, so within one participant each source takes its share of every such group (differing by at
+    most one patient), and each source shows every condition in about the same proportions.
+
+    cases: [(label, position, true_condition, cf_condition)]. Returns {label: rank}."""
+    ordered = sorted(cases, key=lambda case: (case[2], case[3], case[1], case[0]))
+    return {case[0]: rank for rank, case in enumerate(ordered)}
+
+
+def block1_sources(participant_index, cases):
+    """{patient label: source shown} for one participant of a counterbalanced study (see `latin_square_ranks`)."""
+    return {label: source_for(participant_index, rank) for label, rank in latin_square_ranks(cases).items()}
+
+
 def new_seed():
     return secrets.randbits(48)
 
 
-def build_plan(*, seed, participant_index, block1_cases, block2_cases, realness_range, attention_checks=()):
+def build_plan(
+    *,
+    seed,
+    participant_index,
+    block1_cases,
+    block2_cases,
+    realness_range,
+    attention_checks=(),
+    block1_design=PAIRED,
+    block1_conditions=(),
+):
     """Expand a participant's session into the list of trials, in serving order.
 
     block1_cases: [(case_label, {source: stimulus_id})]; block2_cases: [(case_label, position, real_id,
-    {model: cf_stimulus_id})]. Returns (plan, cf_assignment). Every trial carries a random opaque id, which is what
-    the participant submits, so a trial id from another session matches nothing.
+    {model: cf_stimulus_id})]. In the paired Block-1 design every image of every patient is shown; in the
+    counterbalanced design each patient is shown once, as the source `block1_sources` assigns to this participant
+    (block1_conditions: [(case_label, position, true_condition, cf_condition)], the Latin square's input). Returns
+    (plan, cf_assignment). Every trial carries a random opaque id, which is what the participant submits, so a trial
+    id from another session matches nothing.
     """
     rng = random.Random(seed)
     low, high = realness_range
-    groups = {
-        label: [(label, source, stimulus_id) for source, stimulus_id in sources.items()]
-        for label, sources in block1_cases
-    }
+    if block1_design == COUNTERBALANCED:
+        shown = block1_sources(participant_index, block1_conditions)
+        groups = {label: [(label, shown[label], sources[shown[label]])] for label, sources in block1_cases}
+    elif block1_design == PAIRED:
+        groups = {
+            label: [(label, source, stimulus_id) for source, stimulus_id in sources.items()]
+            for label, sources in block1_cases
+        }
+    else:
+        raise ValueError(f"unknown Block-1 design {block1_design!r}")
     plan = []
     checks = sorted(attention_checks, key=lambda check: check["after"])
     for index, (label, source, stimulus_id) in enumerate(spread_order(groups, rng), start=1):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from django.conf import settings
 
-from analysis.stats import ANSWER_COLUMNS, PARTICIPANT_COLUMNS
 from studyplatform.models import Participant, Response
 
 FORMULA_PREFIXES = ("=", "+", "-", "@")
@@ -71,6 +70,8 @@ def answer_rows(study, raw_ids=False):
             "confidence": response.confidence,
             "rt_ms": response.rt_ms,
             "answered_at": _timestamp(response.answered_at),
+            "block1_design": study.block1_design,
+            "simulated": int(participant.simulated),
         }
 
 
@@ -94,6 +95,7 @@ def participant_rows(study, raw_ids=False):
             "excluded": int(participant.excluded),
             "exclusion_reason": participant.exclusion_reason,
             "cf_assignment": ";".join(f"{case}:{model}" for case, model in sorted(participant.cf_assignment.items())),
+            "simulated": int(participant.simulated),
         }
 
 
@@ -108,10 +110,16 @@ def write_csv(rows, columns, fileobj):
 
 
 def write_answers_csv(study, fileobj, raw_ids=False):
+    # The column contract lives with the analysis, whose import loads pandas and SciPy: imported only when a file is
+    # written, so that the web process (which imports this module for the admin and the staff API) does not.
+    from analysis.stats import ANSWER_COLUMNS
+
     return write_csv(answer_rows(study, raw_ids), ANSWER_COLUMNS, fileobj)
 
 
 def write_participants_csv(study, fileobj, raw_ids=False):
+    from analysis.stats import PARTICIPANT_COLUMNS
+
     return write_csv(participant_rows(study, raw_ids), PARTICIPANT_COLUMNS, fileobj)
 
 

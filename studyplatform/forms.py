@@ -35,6 +35,7 @@ class StudyForm(forms.ModelForm):
             "confidence_min",
             "confidence_max",
             "attention_checks",
+            "block1_design",
             "block1_patients",
             "block2_cases",
             "working_size",
@@ -44,9 +45,19 @@ class StudyForm(forms.ModelForm):
             "completion_url",
             "time_limit_minutes",
         ]
+        widgets = {"block1_design": forms.RadioSelect}
+        help_texts = {
+            "block1_patients": "patients in Block 1; each participant sees 3 images of each (paired design) or 1 "
+            "(counterbalanced design, a multiple of 3 patients)"
+        }
 
     def _post_clean(self):
         super()._post_clean()
+        # Settings that contradict each other (e.g. an attention check after the last Block-1 image of the chosen
+        # design) are a form error, not a failed save.
+        for problem in services._check_study_settings(self.instance):
+            field = "attention_checks" if problem.startswith("attention check") else None
+            self.add_error(field if field in self.fields else None, problem)
         if self.instance.pk is None:
             return
         stored = Study.objects.filter(pk=self.instance.pk).first()
@@ -99,21 +110,57 @@ class CaseForm(forms.ModelForm):
         return found
 
 
+class CaseInlineForm(CaseForm):
+    """A case added from the study page: its settings and real image. Its counterfactuals are generated (an action
+    on the study) or uploaded on the case's own page."""
+
+    baseline_image = None
+    proposed_image = None
+
+    class Meta(CaseForm.Meta):
+        fields = ["label", "block", "source_id", "true_condition", "cf_condition"]
+
+
 class GenerateStimuliForm(forms.Form):
     """Which finished training runs make the study's counterfactuals (a background job does the work)."""
 
-    baseline_run = forms.ModelChoiceField(queryset=None, help_text="the baseline generator")
-    proposed_run = forms.ModelChoiceField(queryset=None, help_text="the proposed generator")
+    baseline_run = forms.ModelChoiceField(queryset=None, help_text="a finished run of the baseline generator")
+    proposed_run = forms.ModelChoiceField(
+        queryset=None, help_text="a finished run of the proposed generator (expert constraint, with active learning)"
+    )
     samples = forms.IntegerField(min_value=1, max_value=32, initial=1, help_text="samples averaged per image")
     seed = forms.IntegerField(min_value=0, initial=0)
+    extra_splits = forms.MultipleChoiceField(
+        choices=[("valid", "validation split (the models were tuned on it)"), ("train", "training split")],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Also allow images from",
+        help_text="Source images come from the held-out test split; tick a split here only on purpose.",
+    )
+    allow_children = forms.BooleanField(required=False, label="Accept patients under 18")
+    allow_any_view = forms.BooleanField(required=False, label="Accept views other than frontal (PA/AP)")
+    allow_blank_border = forms.BooleanField(
+        required=False, label="Accept a large blank border (over 20% of the image area)"
+    )
+    no_screening = forms.BooleanField(required=False, label="Turn the stimulus screening off")
 
     def __init__(self, *args, **kwargs):
         from generator.models import TrainingRun
 
         super().__init__(*args, **kwargs)
         finished = TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-created_at")
-        self.fields["baseline_run"].queryset = finished
-        self.fields["proposed_run"].queryset = finished
+        self.fields["baseline_run"].queryset = finished.filter(variant=TrainingRun.Variant.BASELINE)
+        self.fields["proposed_run"].queryset = finished.exclude(variant=TrainingRun.Variant.BASELINE)
+
+    def stimulus_options(self):
+        """The job's `splits` and `screening` parameters: the test split and the default screening
+        (generator.data.screening), with a criterion turned off (None) only where the researcher ticked it."""
+        data = self.cleaned_data
+        splits = ["test", *[name for name in ("valid", "train") if name in data["extra_splits"]]]
+        if data["no_screening"]:
+            return {"splits": splits, "screening": False}
+        relaxed = {"min_age": "allow_children", "views": "allow_any_view", "max_blank_border": "allow_blank_border"}
+        return {"splits": splits, "screening": {rule: None for rule, field in relaxed.items() if data[field]}}
 
 
 class InviteForm(forms.Form):

@@ -7,15 +7,19 @@ input, call one function here and render the result; errors are raised as `FlowE
 HTTP status a view should answer with.
 """
 
+import contextlib
 import json
 import logging
 import re
 import secrets
+import uuid
+import weakref
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, get_random_string
@@ -124,20 +128,24 @@ class TrialOutOfOrder(FlowError):
 
 def audit(actor, action, obj, study=None, **details):
     """Write one audit row. `actor` is a user, a Participant or None (the system)."""
+    return AuditLog.objects.create(**_audit_fields(actor, action, obj, study, **details))
+
+
+def _audit_fields(actor, action, obj, study=None, **details):
     user, label = None, "system"
     if isinstance(actor, Participant):
         label = f"participant {actor.label}"
     elif actor is not None and getattr(actor, "is_authenticated", False):
         user, label = actor, actor.get_username()
-    return AuditLog.objects.create(
-        actor=user,
-        actor_label=label,
-        action=action,
-        study=study,
-        object_type=type(obj).__name__.lower(),
-        object_id=str(obj.pk),
-        details=details,
-    )
+    return {
+        "actor": user,
+        "actor_label": label,
+        "action": action,
+        "study": study,
+        "object_type": type(obj).__name__.lower(),
+        "object_id": str(obj.pk),
+        "details": details,
+    }
 
 
 # --- stimulus set -----------------------------------------------------------------------------------------------
@@ -166,6 +174,7 @@ FROZEN_WHEN_OPEN = (
     "confidence_min",
     "confidence_max",
     "attention_checks",
+    "block1_design",
     "block1_patients",
     "block2_cases",
     "working_size",
@@ -265,8 +274,11 @@ def _attention_check_problems(study):
     for number, check in enumerate(checks, start=1):
         if not isinstance(check, dict) or set(check) != {"after", "instruction", "expected"}:
             problems.append(f"attention check {number} needs exactly the keys after, instruction, expected")
-        elif not isinstance(check["after"], int) or not 1 <= check["after"] <= 3 * study.block1_patients:
-            problems.append(f"attention check {number}: 'after' must be a Block-1 trial number")
+        elif not isinstance(check["after"], int) or not 1 <= check["after"] <= study.block1_images:
+            problems.append(
+                f"attention check {number}: 'after' must be a Block-1 trial number (1 to {study.block1_images} in "
+                f"the {study.block1_design} design)"
+            )
         elif check["expected"] not in CONDITIONS:
             problems.append(f"attention check {number}: 'expected' must be one of {', '.join(CONDITIONS)}")
     return problems
@@ -394,6 +406,22 @@ def delete_case(case, by=None):
     transaction.on_commit(lambda: [images.remove(f) for f in files])
 
 
+@transaction.atomic
+def record_case_source(case, *, split, screening=None, by=None):
+    """Record where a case's source image comes from (its data-set split) and the stimulus screening it got; the
+    screening result is kept in the provenance of the case's real image and shown with the case in the admin."""
+    Case.objects.filter(pk=case.pk).update(split=split or "")
+    case.split = split or ""
+    if screening is not None:
+        real = case.stimuli.filter(source=Stimulus.Source.REAL).first()
+        if real is not None:
+            real.provenance = {**real.provenance, "screening": screening}
+            real.save(update_fields=["provenance"])
+    reasons = (screening or {}).get("reasons", [])
+    audit(by, "case.source", case, case.study, split=case.split, screening_reasons=reasons)
+    return case
+
+
 def import_counterfactual_manifest(study, manifest_dir, *, model_role=None, by=None):
     """Attach a generator's counterfactuals (manifest.json + PNGs in `manifest_dir`) to the study's cases.
 
@@ -484,6 +512,7 @@ def study_problems(study):
         problems.append("Block 1 needs at least 2 patients (images of one patient are never shown back to back)")
 
     cases = list(Case.objects.filter(study=study).prefetch_related("stimuli"))
+    problems += _block1_design_problems(study, [c for c in cases if c.block == 1])
     for block, wanted, sources in (
         (1, study.block1_patients, ("real", "baseline", "proposed")),
         (2, study.block2_cases, ("real", "baseline", "proposed")),
@@ -504,6 +533,43 @@ def study_problems(study):
             synthetic = {by_source[s].condition for s in ("baseline", "proposed") if s in by_source}
             if len(synthetic) > 1:
                 problems.append(f"case {case.label}: the two counterfactuals show different conditions")
+    return problems
+
+
+# "You will see 36 chest X-rays": a number of Block-1 images stated in the instructions.
+STATED_IMAGE_COUNT = re.compile(r"\b(\d+)\s+(?:chest\s+)?(?:x-rays|radiographs|images)\b", re.IGNORECASE)
+
+
+def _block1_design_problems(study, block1_cases):
+    """What stops the chosen Block-1 design: the instructions must state the number of images the design shows, and
+    the counterbalanced Latin square needs a multiple of 3 patients (each participant sees every source on a third
+    of them) whose real images show the conditions in the same proportions as their counterfactuals (so that no
+    source shows a condition more often than another)."""
+    problems = []
+    stated = {int(number) for number in STATED_IMAGE_COUNT.findall(study.instructions_block1)}
+    if stated - {study.block1_images}:
+        problems.append(
+            f"the Block-1 instructions speak of {', '.join(map(str, sorted(stated)))} images, but each participant "
+            f"sees {study.block1_images} in the {study.block1_design} design"
+        )
+    if study.block1_design != Study.Block1Design.COUNTERBALANCED:
+        return problems
+    if study.block1_patients % 3:
+        problems.append(
+            f"the counterbalanced design needs a number of Block-1 patients divisible by 3 (each participant sees "
+            f"each source on a third of them); it has {study.block1_patients}"
+        )
+    real = Counter(case.true_condition for case in block1_cases)
+    synthetic = Counter(case.cf_condition for case in block1_cases)
+    if real != synthetic:
+
+        def shown(counts):
+            return ", ".join(f"{condition} {counts[condition]}" for condition in CONDITIONS)
+
+        problems.append(
+            "the counterbalanced design needs every source to show the conditions in the same proportions: the real "
+            f"images show {shown(real)}, the counterfactuals {shown(synthetic)}"
+        )
     return problems
 
 
@@ -590,6 +656,16 @@ def include_participant(participant, by=None):
 
 
 @transaction.atomic
+def mark_simulated(participant, by=None):
+    """Flag a participant as a simulated reader (simulate_participants makes them): the admin and the export show
+    it, and the analysis keeps simulated participants apart from real ones."""
+    Participant.objects.filter(pk=participant.pk).update(simulated=True)
+    participant.simulated = True
+    audit(by, "participant.simulated", participant, participant.study)
+    return participant
+
+
+@transaction.atomic
 def delete_participant_data(participant, by=None):
     """Delete a participant and every answer (a data-deletion request). The audit row keeps only the label."""
     participant = Participant.objects.select_for_update().get(pk=participant.pk)
@@ -605,16 +681,116 @@ def expire_idle_sessions(study=None, now=None):
     active = Participant.objects.filter(status__in=Participant.ACTIVE).select_related("study")
     if study is not None:
         active = active.filter(study=study)
-    return sum(expire_if_idle(p, now=now) for p in active)
+    return sum(expire_if_idle(p, now=now) for p in active if is_idle(p, now))
+
+
+def is_idle(participant, now=None):
+    """Whether this (loaded) session is active and has been idle longer than its study allows. Reads nothing."""
+    now = now or timezone.now()
+    limit = timedelta(minutes=participant.study.time_limit_minutes)
+    return participant.status in Participant.ACTIVE and now - participant.last_seen_at > limit
 
 
 @transaction.atomic
 def expire_if_idle(participant, now=None):
     """Time out this session if it has been idle longer than the study allows; True when it did."""
-    now = now or timezone.now()
-    participant = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
-    limit = timedelta(minutes=participant.study.time_limit_minutes)
-    if participant.status not in Participant.ACTIVE or now - participant.last_seen_at <= limit:
+    participant = _lock_participant(pk=participant.pk)
+    return _time_out_if_idle(participant, now)
+
+
+def _lock_participant(**lookup):
+    """Read and lock the one participant row that `lookup` finds, with its study (read, not locked: answers of one
+    study never wait for each other), or raise SessionNotFound. Call inside a transaction."""
+    participant = read_session(lookup, lock=True)
+    if participant is None:
+        raise SessionNotFound("No study session belongs to this link.")
+    return participant
+
+
+# The lookups a session is read by, each with a sample value of its type (used to check the compiled query).
+SESSION_LOOKUPS = {
+    "pk": uuid.UUID(int=1),
+    "token": "sample-token",
+    "study_id": 1,
+    "study__slug": "sample-slug",
+}
+_session_queries = weakref.WeakKeyDictionary()
+
+
+def read_session(lookup, *, lock=False):
+    """The one participant that `lookup` ({"pk": ...}, {"token": ...}, optionally with "study_id" or "study__slug")
+    finds, with its study, or None; `lock` takes the participant's row lock (call inside a transaction).
+
+    It is the ORM query `Participant.objects.select_related("study").filter(**lookup)` (with `select_for_update`
+    when locking), compiled to SQL once per database connection and lookup: every request of a participant reads the
+    session this way, and compiling the query (some 50 columns of two tables) would cost more than running it."""
+    connection = connections[Participant.objects.db]
+    names = tuple(sorted(lookup))
+    queries = _session_queries.setdefault(connection, {})
+    query = queries.get((names, lock))
+    if query is None:
+        query = queries[names, lock] = _SessionQuery(connection, names, lock)
+    return query.read(lookup)
+
+
+class _SessionQuery:
+    """One compiled session read (see `read_session`): its SQL, the converters of its columns and the fields the
+    columns fill in the participant and in the study."""
+
+    def __init__(self, connection, names, lock):
+        unknown = set(names) - SESSION_LOOKUPS.keys()
+        if unknown:
+            raise ValueError(f"a session is not read by {', '.join(sorted(unknown))}")
+        self.connection, self.names = connection, names
+        self.fields = [_lookup_field(name) for name in names]
+        queryset = Participant.objects.select_related("study").order_by()
+        queryset = queryset.filter(**{name: SESSION_LOOKUPS[name] for name in names})
+        if lock:
+            queryset = queryset.select_for_update(of=("self",))
+        compiler = queryset.query.get_compiler(connection=connection)
+        # Compiling a locking read outside a transaction is refused; this one only compiles.
+        locking_outside = lock and connection.features.has_select_for_update and connection.get_autocommit()
+        with transaction.atomic(using=connection.alias) if locking_outside else contextlib.nullcontext():
+            self.sql, params = compiler.as_sql()
+        # The compiled parameters are exactly the lookup values, in `names` order: a read substitutes its own.
+        if list(params) != self.params({name: SESSION_LOOKUPS[name] for name in names}):
+            raise RuntimeError(f"unexpected parameters {params!r} in the session query for {names}")
+        columns = [column for column, _, _ in compiler.select[: compiler.col_count]]
+        self.compiler, self.converters = compiler, compiler.get_converters(columns)
+        study_info = compiler.klass_info["related_klass_infos"][0]
+        self.participant_columns = compiler.klass_info["select_fields"]
+        self.study_columns = study_info["select_fields"]
+        self.participant_names = [columns[i].target.attname for i in self.participant_columns]
+        self.study_names = [columns[i].target.attname for i in self.study_columns]
+
+    def params(self, lookup):
+        return [field.get_db_prep_value(lookup[name], self.connection) for name, field in zip(self.names, self.fields)]
+
+    def read(self, lookup):
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql, self.params(lookup))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        if self.converters:
+            row = next(self.compiler.apply_converters([row], self.converters))
+        alias = self.connection.alias
+        participant = Participant.from_db(alias, self.participant_names, [row[i] for i in self.participant_columns])
+        participant.study = Study.from_db(alias, self.study_names, [row[i] for i in self.study_columns])
+        return participant
+
+
+def _lookup_field(name):
+    if name == "study__slug":
+        return Study._meta.get_field("slug")
+    if name == "pk":
+        return Participant._meta.pk
+    return Participant._meta.get_field(name)
+
+
+def _time_out_if_idle(participant, now=None):
+    """Time out a participant locked by the caller's transaction if the session is idle; True when it did."""
+    if not is_idle(participant, now):
         return False
     participant.status = Participant.Status.TIMED_OUT
     participant.excluded = True
@@ -814,6 +990,8 @@ def _start_session(
         seed=seed,
         participant_index=study.participant_counter,
         block1_cases=_block1_inputs(study),
+        block1_design=study.block1_design,
+        block1_conditions=_block1_conditions(study),
         block2_cases=_block2_inputs(study),
         realness_range=(study.realness_min, study.realness_max),
         attention_checks=study.attention_checks or (),
@@ -846,6 +1024,15 @@ def _block1_inputs(study):
     return [(case.label, {s.source: s.pk for s in case.stimuli.all()}) for case in cases]
 
 
+def _block1_conditions(study):
+    """The Latin square's input in the counterbalanced design: (label, position, true and cf condition)."""
+    if study.block1_design != Study.Block1Design.COUNTERBALANCED:
+        return []
+    return list(
+        Case.objects.filter(study=study, block=1).values_list("label", "position", "true_condition", "cf_condition")
+    )
+
+
 def _block2_inputs(study):
     inputs = []
     for position, case in enumerate(Case.objects.filter(study=study, block=2).prefetch_related("stimuli")):
@@ -855,20 +1042,31 @@ def _block2_inputs(study):
     return inputs
 
 
-def get_session(token):
-    """The participant behind a token. An idle session is timed out here, on its first request after the limit."""
+def get_session(token=None, *, study=None, pk=None, slug=None):
+    """The participant behind a token (the JSON API) or, within `study` (or the study with this `slug`), behind the
+    id that a browser's signed cookie names (the pages), read once with its study. An idle session is timed out here,
+    on its first request after the limit; only then does this take a lock and write."""
     participant = None
-    if isinstance(token, str) and TOKEN_PATTERN.match(token):
-        participant = Participant.objects.select_related("study").filter(token=token).first()
+    if study is not None and pk is not None:
+        participant = read_session({"pk": pk, "study_id": study.pk})
+        if participant is not None:
+            participant.study = study
+    elif slug is not None and pk is not None:
+        participant = read_session({"pk": pk, "study__slug": slug})
+    elif isinstance(token, str) and TOKEN_PATTERN.match(token):
+        participant = read_session({"token": token})
     if participant is None:
         raise SessionNotFound("No study session belongs to this link.")
-    if expire_if_idle(participant):
+    if is_idle(participant) and expire_if_idle(participant):
         participant.refresh_from_db()
     return participant
 
 
 def _lock_active(participant):
-    participant = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
+    return _check_active(_lock_participant(pk=participant.pk))
+
+
+def _check_active(participant):
     if participant.study.status != Study.Status.OPEN:
         raise StudyNotOpen("This study is closed; no more answers can be recorded.")
     if participant.status not in Participant.ACTIVE:
@@ -985,20 +1183,44 @@ def submit_answer(participant, trial_id, data):
     replays never store a second answer and never change the first. Only the next unanswered trial of an active
     session in an open study can be answered.
     """
+    return answer_session({"pk": participant.pk}, trial_id, data)
+
+
+def answer_session(session, trial_id, data):
+    """`submit_answer` for the session that `session` finds: {"token": ...} (the JSON API) or {"pk": ...,
+    "study__slug": ...} (the id a browser's signed cookie names).
+
+    One transaction reads and locks the participant row once, times the session out there if it has been idle too
+    long, and stores the answer. The returned response's `participant` is that row as it is afterwards, holding the
+    image tokens of its next step, so the caller builds the next step without reading the session again."""
     if not isinstance(trial_id, str):
         raise AnswerInvalid(
             "The answer does not say which question it is for.", {"trial": "trial (the question's id) is required"}
         )
-    if expire_if_idle(participant):
-        raise SessionEnded("This session timed out because it was idle for too long.")
+    token = session.get("token", "")
+    if not isinstance(token, str) or (token and not TOKEN_PATTERN.match(token)):
+        raise SessionNotFound("No study session belongs to this link.")
+    participant = refusal = None
     try:
-        return _record_answer(participant, trial_id, data)
+        with transaction.atomic():
+            participant = _lock_participant(**session)
+            timed_out = _time_out_if_idle(participant)
+            try:
+                return _record_answer(participant, trial_id, data)
+            except FlowError as error:
+                if not timed_out:
+                    raise
+                # Nothing of the answer was written: the time-out commits, the answer is refused below.
+                refusal = error
     except IntegrityError:
         # A concurrent request stored this trial first (databases without row locks): answer with that one.
-        stored = Response.objects.filter(
-            participant=participant, sequence=find_trial(participant, trial_id)["sequence"]
-        )
-        return stored.get(), False
+        response = Response.objects.get(participant=participant, sequence=find_trial(participant, trial_id)["sequence"])
+        participant.refresh_from_db()
+        response.participant = participant
+        return response, False
+    if isinstance(refusal, SessionEnded):
+        raise SessionEnded("This session timed out because it was idle for too long.")
+    raise refusal
 
 
 def find_trial(participant, trial_id):
@@ -1008,13 +1230,15 @@ def find_trial(participant, trial_id):
     raise TrialNotFound("This question does not belong to your session.")
 
 
-@transaction.atomic
 def _record_answer(participant, trial_id, data):
-    locked = Participant.objects.select_for_update().select_related("study").get(pk=participant.pk)
-    trial = find_trial(locked, trial_id)
-    if trial["sequence"] < locked.n_answers:
-        return Response.objects.get(participant=locked, sequence=trial["sequence"]), False
-    participant = _lock_active(locked)
+    """Store the answer of a participant whose row the caller's transaction holds locked: one read of the images
+    (those of this trial and of the next step), the answer, the participant's counters and the audit row."""
+    trial = find_trial(participant, trial_id)
+    if trial["sequence"] < participant.n_answers:
+        response = Response.objects.get(participant=participant, sequence=trial["sequence"])
+        response.participant = participant
+        return response, False
+    _check_active(participant)
     study = participant.study
     if trial["sequence"] > participant.n_answers:
         raise TrialOutOfOrder("Please answer the questions in the order they are shown.")
@@ -1027,18 +1251,21 @@ def _record_answer(participant, trial_id, data):
         raise TrialOutOfOrder(f"Please read the instructions of Block {trial['block']} first.")
     clean = validate_answer(study, trial, data)
 
-    stimulus_ids = [i for i in (trial.get("stimulus"), trial.get("cf_stimulus")) if i]
-    stimuli = Stimulus.objects.select_related("case").in_bulk(stimulus_ids)
-    stimulus = stimuli.get(trial.get("stimulus"))
+    ids = _step_stimulus_ids(participant.plan, trial["sequence"] + 1)
+    ids.update(i for i in (trial.get("stimulus"), trial.get("cf_stimulus")) if i)
+    stimuli = study_stimuli(study, ids)
+    participant.stimulus_tokens = {pk: token for pk, (token, _) in stimuli.items()}
+    stimulus_id = trial.get("stimulus") if trial.get("stimulus") in stimuli else None
+    cf_stimulus_id = trial.get("cf_stimulus") if trial.get("cf_stimulus") in stimuli else None
     response = Response.objects.create(
         participant=participant,
         sequence=trial["sequence"],
         block=trial["block"],
         phase=trial["phase"],
         trial_index=trial["trial_index"],
-        case=stimulus.case if stimulus else None,
-        stimulus=stimulus,
-        cf_stimulus=stimuli.get(trial.get("cf_stimulus")),
+        case_id=stimuli[stimulus_id][1] if stimulus_id else None,
+        stimulus_id=stimulus_id,
+        cf_stimulus_id=cf_stimulus_id,
         cf_model=trial.get("cf_model", ""),
         slider_start=trial.get("slider_start"),
         **clean,
@@ -1056,9 +1283,15 @@ def _record_answer(participant, trial_id, data):
         participant.completed_at = now
         fields += ["status", "completed_at"]
     participant.save(update_fields=fields)
-    audit(participant, "answer.submit", response, study, sequence=trial["sequence"], phase=trial["phase"])
+    answered = _audit_fields(
+        participant, "answer.submit", response, study, sequence=trial["sequence"], phase=trial["phase"]
+    )
     if participant.status == Participant.Status.COMPLETED:
-        audit(participant, "participant.complete", participant, study)
+        # The last answer and the completion are recorded in one statement.
+        completed = _audit_fields(participant, "participant.complete", participant, study)
+        AuditLog.objects.bulk_create([AuditLog(**answered), AuditLog(**completed)])
+    else:
+        AuditLog.objects.create(**answered)
     return response, True
 
 
@@ -1115,6 +1348,40 @@ def public_trial(participant, trial, tokens):
     return shown
 
 
+# {(study id, opened_at): {stimulus id: (token, case id)}}: the stimulus set of each open study this process serves.
+_open_study_stimuli = {}
+OPEN_STUDY_STIMULI_KEPT = 32
+
+
+def study_stimuli(study, ids):
+    """{stimulus id: (token, case id)} of the stimuli `ids` (those that exist).
+
+    The stimulus set of an open study cannot change (it changes only in draft, see `_lock_draft`), so it is read
+    once per process and opening of the study (keyed by the study's id and opened_at) and kept; for a study that is
+    not open, one read of `ids`."""
+    if study.status != Study.Status.OPEN or study.opened_at is None:
+        rows = Stimulus.objects.filter(pk__in=ids).order_by().values_list("pk", "token", "case")
+        return {pk: (token, case) for pk, token, case in rows}
+    key = (study.pk, study.opened_at)
+    index = _open_study_stimuli.get(key)
+    if index is None:
+        rows = Stimulus.objects.filter(case__study_id=study.pk).order_by().values_list("pk", "token", "case")
+        index = {pk: (token, case) for pk, token, case in rows}
+        if len(_open_study_stimuli) >= OPEN_STUDY_STIMULI_KEPT:
+            _open_study_stimuli.clear()
+        _open_study_stimuli[key] = index
+    return {pk: index[pk] for pk in ids if pk in index}
+
+
+def _step_stimulus_ids(plan, done):
+    """The images of the step after `done` answers: its trial's image (and counterfactual) and the next trial's image,
+    which is preloaded."""
+    if done >= len(plan):
+        return set()
+    trial, following = plan[done], plan[done + 1] if done + 1 < len(plan) else {}
+    return {i for i in (trial.get("stimulus"), trial.get("cf_stimulus"), following.get("stimulus")) if i}
+
+
 def next_step(participant):
     """The server's decision of what the participant sees now.
 
@@ -1136,8 +1403,11 @@ def next_step(participant):
     # i.e. once the Block-2 first answer it follows is stored, so it cannot be fetched (or seen) any earlier.
     following = plan[done + 1] if done + 1 < len(plan) else None
     preload_ids = [following["stimulus"]] if following and following.get("stimulus") else []
-    ids = {i for i in (trial.get("stimulus"), trial.get("cf_stimulus"), *preload_ids) if i}
-    tokens = dict(Stimulus.objects.filter(pk__in=ids).values_list("pk", "token"))
+    ids = _step_stimulus_ids(plan, done)
+    # An answer has read these tokens already in its transaction (`_record_answer`).
+    tokens = getattr(participant, "stimulus_tokens", {})
+    if not ids <= tokens.keys():
+        tokens = {pk: token for pk, (token, _) in study_stimuli(participant.study, ids).items()}
     return {
         **step,
         "state": "trial",

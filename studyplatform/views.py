@@ -4,16 +4,17 @@ A browser holds a participant's session through a signed, HttpOnly cookie per st
 carry a credential; every page asks `services.next_step` what to show and every form posts to one service function.
 """
 
+import uuid
+
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from studyplatform import images, ratelimit, services
-from studyplatform.models import Participant, Stimulus, Study
+from studyplatform.models import Stimulus, Study
 
 ENTRY_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
 IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
@@ -80,15 +81,15 @@ def healthz(request):
 BROWSER_COOKIE_SALT = "studyplatform.participant-browser"
 
 
-def _cookie_name(study):
-    return f"study-{study.slug}"
+def _cookie_name(slug):
+    return f"study-{slug}"
 
 
 def _bind(response, study, participant):
     """Bind this browser to the participant's session: a signed, HttpOnly cookie naming the participant, sent only
     to the study's own pages. The participant token (the JSON API's credential) never reaches the browser."""
     response.set_signed_cookie(
-        _cookie_name(study),
+        _cookie_name(study.slug),
         str(participant.pk),
         salt=BROWSER_COOKIE_SALT,
         max_age=settings.PARTICIPANT_COOKIE_MAX_AGE,
@@ -100,17 +101,37 @@ def _bind(response, study, participant):
     return response
 
 
+def _browser_participant_id(request, slug):
+    """The id of the participant whose session this browser holds in the study `slug` (from its signed cookie, so
+    nothing is read from the database), or None."""
+    participant_id = request.get_signed_cookie(
+        _cookie_name(slug), default=None, salt=BROWSER_COOKIE_SALT, max_age=settings.PARTICIPANT_COOKIE_MAX_AGE
+    )
+    try:
+        return uuid.UUID(participant_id) if participant_id else None
+    except ValueError:
+        return None
+
+
 def _current_participant(request, study):
     """The participant whose session this browser holds in `study` (from its signed cookie), or None."""
-    participant_id = request.get_signed_cookie(
-        _cookie_name(study), default=None, salt=BROWSER_COOKIE_SALT, max_age=settings.PARTICIPANT_COOKIE_MAX_AGE
-    )
-    if not participant_id:
+    participant_id = _browser_participant_id(request, study.slug)
+    if participant_id is None:
         return None
     try:
-        token = Participant.objects.filter(pk=participant_id, study=study).values_list("token", flat=True).first()
-        return services.get_session(token) if token else None
-    except (ValueError, ValidationError, services.SessionNotFound):
+        return services.get_session(study=study, pk=participant_id)
+    except services.SessionNotFound:
+        return None
+
+
+def _browser_session(request, slug):
+    """The participant (with its study) whose session this browser holds in the study `slug`, or None."""
+    participant_id = _browser_participant_id(request, slug)
+    if participant_id is None or not services.SLUG_PATTERN.match(slug):
+        return None
+    try:
+        return services.get_session(slug=slug, pk=participant_id)
+    except services.SessionNotFound:
         return None
 
 
@@ -213,45 +234,66 @@ def invite_entry(request, slug, token):
     return _continue(study, participant)
 
 
-def _answer_from_form(post, phase):
-    """The answer fields of the trial form, as the service expects them (only the fields the phase asks)."""
+def _answer_from_form(post):
+    """The answer fields the trial form sent, as the service expects them. Validation refuses a field that the
+    trial's phase does not ask for, as it does for the JSON API."""
     answer = {"diagnosis": post.get("diagnosis", ""), "rt_ms": post.get("rt_ms", "")}
-    if phase == "block1":
-        answer.update(realness=post.get("realness", ""), slider_moved=post.get("slider_moved", ""))
+    answer.update((name, post[name]) for name in ("realness", "slider_moved", "confidence") if name in post)
+    if "reasons" in post:
         answer["reasons"] = post.getlist("reasons")
-    elif phase in ("pre", "post"):
-        answer["confidence"] = post.get("confidence", "")
     return answer
+
+
+NO_SESSION = (
+    "This browser holds no session of this study. Please open the study through the link you were given; "
+    "if you started it in another browser or on another device, that link asks for your resume code."
+)
 
 
 @require_http_methods(["GET", "POST"])
 def run(request, slug):
     """The participant's current page, decided by the server: instructions, a trial, the end."""
-    study = get_object_or_404(Study, slug=slug)
-    participant = _current_participant(request, study)
+    if request.method == "POST" and request.POST.get("action") != "begin":
+        return _answer(request, slug)
+    # One read: the session this browser holds, with its study; the study alone only to show that there is none.
+    participant = _browser_session(request, slug)
     if participant is None:
-        error = services.SessionNotFound(
-            "This browser holds no session of this study. Please open the study through the link you were given; "
-            "if you started it in another browser or on another device, that link asks for your resume code."
-        )
-        return _error(request, study, error)
-    errors, submitted = {}, {}
+        study = get_object_or_404(Study, slug=slug)
+        return _error(request, study, services.SessionNotFound(NO_SESSION))
+    study = participant.study
     if request.method == "POST":
+        # The form sends the block as text; begin_block refuses anything but 1 or 2.
+        block = {"1": 1, "2": 2}.get(request.POST.get("block", ""), request.POST.get("block"))
         try:
-            if request.POST.get("action") == "begin":
-                # The form sends the block as text; begin_block refuses anything but 1 or 2.
-                block = {"1": 1, "2": 2}.get(request.POST.get("block", ""), request.POST.get("block"))
-                services.begin_block(participant, block)
-                return redirect("study-run", slug=study.slug)
-            trial = services.find_trial(participant, request.POST.get("trial", ""))
-            submitted = _answer_from_form(request.POST, trial["phase"])
-            services.submit_answer(participant, trial["id"], submitted)
-            return redirect("study-run", slug=study.slug)
-        except services.AnswerInvalid as error:
-            errors = error.errors
+            services.begin_block(participant, block)
         except services.FlowError as error:
             return _error(request, study, error, participant)
-        participant.refresh_from_db()
+        return redirect("study-run", slug=study.slug)
+    return _page(request, study, participant)
+
+
+def _answer(request, slug):
+    """A trial form's answer: the session is read and locked once, by the id in this browser's cookie, inside the
+    transaction that stores the answer; the study and the session are read again only to show an error."""
+    submitted = _answer_from_form(request.POST)
+    participant_id = _browser_participant_id(request, slug)
+    try:
+        if participant_id is None:
+            raise services.SessionNotFound(NO_SESSION)
+        services.answer_session({"pk": participant_id, "study__slug": slug}, request.POST.get("trial", ""), submitted)
+    except services.FlowError as refusal:
+        study = get_object_or_404(Study, slug=slug)
+        participant = _current_participant(request, study)
+        if participant is None:
+            return _error(request, study, services.SessionNotFound(NO_SESSION))
+        if isinstance(refusal, services.AnswerInvalid):
+            return _page(request, study, participant, errors=refusal.errors, submitted=submitted)
+        return _error(request, study, refusal, participant)
+    return redirect("study-run", slug=slug)
+
+
+def _page(request, study, participant, errors=None, submitted=None):
+    errors, submitted = errors or {}, submitted or {}
     step = services.next_step(participant)
     context = {"study": study, "participant": participant, "step": step, "errors": errors, "submitted": submitted}
     status = 400 if errors else 200

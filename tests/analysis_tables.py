@@ -3,7 +3,9 @@
 from analysis.frames import answers_from_records
 
 
-def block1_row(participant, case, source, truth, diagnosis, realness=50, reasons=(), trial_index=0):
+def block1_row(
+    participant, case, source, truth, diagnosis, realness=50, reasons=(), trial_index=0, block1_design="paired"
+):
     return {
         "participant": participant,
         "external_id": f"x-{participant}",
@@ -23,10 +25,23 @@ def block1_row(participant, case, source, truth, diagnosis, realness=50, reasons
         "confidence": "",
         "rt_ms": 3000,
         "answered_at": "2025-06-02T10:00:00Z",
+        "block1_design": block1_design,
+        "simulated": 0,
     }
 
 
-def block2_rows(participant, case, model, truth, first, final, first_confidence=3, final_confidence=3, trial_index=0):
+def block2_rows(
+    participant,
+    case,
+    model,
+    truth,
+    first,
+    final,
+    first_confidence=3,
+    final_confidence=3,
+    trial_index=0,
+    block1_design="paired",
+):
     """The pre and post rows of one Block-2 case; `final=None` leaves the post answer out (a missing answer)."""
     rows = []
     for phase, diagnosis, confidence in (("pre", first, first_confidence), ("post", final, final_confidence)):
@@ -52,6 +67,8 @@ def block2_rows(participant, case, model, truth, first, final, first_confidence=
                 "confidence": confidence,
                 "rt_ms": 2500,
                 "answered_at": "2025-06-02T10:10:00Z",
+                "block1_design": block1_design,
+                "simulated": 0,
             }
         )
     return rows

@@ -62,6 +62,10 @@ def test_missing_or_extra_columns_are_named():
         (3, "confidence", "7", "above 6"),
         (3, "confidence", "", "required here but empty"),
         (0, "n_reasons", "3", "differs from the number of entries in reasons"),
+        (0, "block1_design", "crossed", "must be one of paired|counterbalanced"),
+        (1, "block1_design", "counterbalanced", "differs from row 1 (a study has one design)"),
+        (0, "simulated", "", "must be one of 0|1"),
+        (1, "simulated", "1", "differs between rows of the same participant"),
     ],
 )
 def test_each_broken_cell_is_reported_by_row_and_column(row, column, value, message):
@@ -106,8 +110,14 @@ def participants_table(rows):
     )
 
 
-def participant(name, status="completed", excluded=0, reason=""):
-    return {"participant": name, "status": status, "excluded": excluded, "exclusion_reason": reason}
+def participant(name, status="completed", excluded=0, reason="", simulated=0):
+    return {
+        "participant": name,
+        "status": status,
+        "excluded": excluded,
+        "exclusion_reason": reason,
+        "simulated": simulated,
+    }
 
 
 def test_only_completed_non_excluded_participants_count_by_default():
@@ -152,3 +162,62 @@ def test_without_a_participants_file_completeness_is_read_from_the_answers():
 def test_participants_file_with_an_unknown_status_is_refused():
     with pytest.raises(frames.FrameError, match="row 1 .*column status = 'finished'"):
         participants_table([participant("p1", status="finished")])
+
+
+def test_the_simulated_flag_is_read_from_both_tables():
+    rows = good_rows() + [block1_row("bot", "A", "real", "effusion", "effusion")]
+    rows[-1]["simulated"] = 1
+    answers = read(csv_text(rows))
+    assert answers.groupby("participant")["simulated"].first().to_dict() == {"bot": 1, "p1": 0}
+    listed = participants_table([participant("p1"), participant("bot", simulated=1)])
+    assert listed["simulated"].tolist() == [0, 1]
+    with pytest.raises(frames.FrameError, match="column simulated = 'yes'"):
+        participants_table([participant("p1", simulated="yes")])
+
+
+def test_real_and_simulated_participants_are_kept_apart():
+    rows = [block1_row(p, "A", "real", "effusion", "effusion") for p in ("p1", "p2", "bot1", "bot2", "bot3")]
+    for row in rows[2:]:
+        row["simulated"] = 1
+    answers = read(csv_text(rows))
+    assert frames.reader_counts(answers) == {"real": 2, "simulated": 3}
+    real, _ = frames.keep_readers(answers)
+    assert sorted(real["participant"].unique()) == ["p1", "p2"]
+    simulated, _ = frames.keep_readers(answers, readers="simulated")
+    assert sorted(simulated["participant"].unique()) == ["bot1", "bot2", "bot3"]
+    everyone, _ = frames.keep_readers(answers, readers="all")
+    assert everyone["participant"].nunique() == 5
+    # The participants table decides for participants without answers and filters alongside.
+    listed = participants_table([participant("p1"), participant("bot1", simulated=1), participant("bot9", simulated=1)])
+    assert frames.reader_counts(answers, listed) == {"real": 2, "simulated": 4}
+    _, simulated_listed = frames.keep_readers(answers, listed, readers="simulated")
+    assert simulated_listed["participant"].tolist() == ["bot1", "bot9"]
+    with pytest.raises(frames.FrameError, match="readers must be one of real, simulated, all"):
+        frames.keep_readers(answers, readers="bots")
+
+
+def test_a_counterbalanced_table_with_a_second_image_of_a_patient_is_refused():
+    rows = [
+        block1_row("p1", "A", "real", "effusion", "effusion", block1_design="counterbalanced"),
+        block1_row("p1", "B", "baseline", "healthy", "healthy", block1_design="counterbalanced"),
+        block1_row("p1", "A", "proposed", "healthy", "healthy", block1_design="counterbalanced"),
+    ]
+    with pytest.raises(frames.FrameError, match="row 3 .*column case = 'A': a second Block-1 image of this patient"):
+        read(csv_text(rows))
+    rows[2]["case"] = "C"
+    assert read(csv_text(rows))["block1_design"].unique().tolist() == ["counterbalanced"]
+
+
+def test_completeness_without_a_participants_file_follows_the_design():
+    """Counterbalanced: a participant is complete with one answer per patient, not one per (patient, source)."""
+
+    def row(participant, case, source, diagnosis="healthy"):
+        return block1_row(participant, case, source, "healthy", diagnosis, block1_design="counterbalanced")
+
+    rows = [row("p1", "A", "real"), row("p1", "B", "baseline"), row("p1", "C", "proposed")]
+    rows += [row("p2", "A", "baseline"), row("p2", "B", "proposed"), row("p2", "C", "real", diagnosis=None)]
+    kept, exclusions = frames.select_participants(read(csv_text(rows)))
+    assert kept["participant"].unique().tolist() == ["p1"]
+    assert exclusions == [
+        {"participant": "p2", "status": "unknown", "reason": "incomplete: 2 of 3 Block-1 and 0 of 0 Block-2 answers"}
+    ]

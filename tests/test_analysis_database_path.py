@@ -17,7 +17,9 @@ def test_database_and_exported_csv_give_identical_analysis(open_study, tmp_path)
 
     from_db = tmp_path / "db"
     stdout = io.StringIO()
-    call_command("run_analysis", open_study.slug, "--out", str(from_db), verbosity=0, stdout=stdout)
+    call_command(
+        "run_analysis", open_study.slug, "--out", str(from_db), "--readers", "simulated", verbosity=0, stdout=stdout
+    )
     files = export.export_study(open_study, tmp_path / "export")
     from_csv = tmp_path / "csv"
     call_command(
@@ -28,6 +30,8 @@ def test_database_and_exported_csv_give_identical_analysis(open_study, tmp_path)
         str(files["participants"]),
         "--out",
         str(from_csv),
+        "--readers",
+        "simulated",
         verbosity=0,
         stdout=io.StringIO(),
     )
@@ -38,9 +42,11 @@ def test_database_and_exported_csv_give_identical_analysis(open_study, tmp_path)
     assert csv_document["settings"].pop("input").startswith("CSV ")
     assert db_document == csv_document
 
+    # The simulated readers are analysed; the real participant who left early is not among them.
     assert db_document["n_participants"] == 4
     reasons = {e["participant"]: e["reason"] for e in db_document["exclusions"]}
-    assert reasons == {first.label: "answered too fast", dropout.label: "did not complete (status started)"}
+    assert reasons == {first.label: "answered too fast"}
+    assert db_document["readers"]["n_real"] == 1 and db_document["readers"]["n_simulated"] == 5
     assert "excluded " + first.label + ": answered too fast" in stdout.getvalue()
     assert db_document["block2"]["n_pairs"] == 4 * open_study.block2_cases
     for name in ("glmm_block1", "glmm_block2"):

@@ -73,6 +73,7 @@ def exported(tmp_path):
             "excluded": 0,
             "exclusion_reason": "",
             "cf_assignment": "",
+            "simulated": 1,
         }
     )
     participants_path = tmp_path / "participants.csv"
@@ -93,6 +94,8 @@ def test_from_csv_writes_json_tables_figures_and_a_self_contained_report(exporte
         "--out",
         str(out),
         "--no-models",
+        "--readers",
+        "simulated",
         stdout=stdout,
         verbosity=0,
     )
@@ -145,6 +148,8 @@ def test_format_option_limits_what_is_written(exported, tmp_path):
         "--format",
         "json",
         "--no-models",
+        "--readers",
+        "simulated",
         verbosity=0,
         stdout=io.StringIO(),
     )
@@ -167,3 +172,51 @@ def test_a_broken_csv_stops_with_the_row_and_column_and_writes_nothing(exported,
 def test_either_a_study_or_a_csv_is_required():
     with pytest.raises(CommandError, match="exactly one"):
         call_command("run_analysis", stdout=io.StringIO())
+
+
+def test_simulated_answers_are_analysed_only_on_request_and_every_report_says_so(exported, tmp_path):
+    answers_path, participants_path = exported
+    with pytest.raises(CommandError, match="no real participants to analyse.*12 simulated.*--readers simulated"):
+        call_command(
+            "run_analysis", "--from-csv", str(answers_path), "--out", str(tmp_path / "x"), stdout=io.StringIO()
+        )
+    assert not (tmp_path / "x").exists()
+
+    out, stdout = tmp_path / "simulated", io.StringIO()
+    call_command(
+        "run_analysis", "--from-csv", str(answers_path), "--participants", str(participants_path), "--out", str(out),
+        "--no-models", "--readers", "simulated", stdout=stdout, verbosity=0,
+    )  # fmt: skip
+    document = json.loads((out / "analysis.json").read_text())
+    assert document["readers"]["analysed"] == "simulated" and document["readers"]["n_simulated"] == 12
+    assert stdout.getvalue().splitlines()[0].startswith("*** SIMULATED DATA ***")
+    html = (out / "report.html").read_text()
+    assert "<title>Reader study analysis (simulated data)</title>" in html
+    assert html.index('class="readers-warning"><strong>SIMULATED DATA</strong>') < html.index("<h1>")
+
+
+def test_real_participants_are_analysed_apart_from_simulated_ones_and_mixing_is_labelled(exported, tmp_path):
+    answers_path, _ = exported
+    answers = pd.read_csv(answers_path, dtype=str, keep_default_na=False)
+    real = answers["participant"].isin(["sim001", "sim002", "sim003"])
+    answers.loc[real, "simulated"] = "0"
+    answers.to_csv(answers_path, index=False)
+
+    out, stdout = tmp_path / "real", io.StringIO()
+    call_command("run_analysis", "--from-csv", str(answers_path), "--out", str(out), "--no-models", stdout=stdout)
+    document = json.loads((out / "analysis.json").read_text())
+    assert document["n_participants"] == 3 and document["readers"]["analysed"] == "real"
+    assert document["readers"]["note"] == "9 simulated participant(s) left out (--readers simulated analyses them)"
+    assert "Real participants only; 9 simulated participant(s) left out" in stdout.getvalue()
+    html = (out / "report.html").read_text()
+    assert 'class="readers-warning"' not in html and "<title>Reader study analysis</title>" in html
+
+    mixed = tmp_path / "mixed"
+    call_command(
+        "run_analysis", "--from-csv", str(answers_path), "--out", str(mixed), "--no-models", "--readers", "all",
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    document = json.loads((mixed / "analysis.json").read_text())
+    assert document["n_participants"] == 12
+    html = (mixed / "report.html").read_text()
+    assert "SIMULATED DATA MIXED IN</strong>: this analysis pools 3 real and 9 simulated participants" in html

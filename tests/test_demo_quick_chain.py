@@ -55,6 +55,9 @@ def test_quick_demo_runs_the_whole_chain_then_serves_the_study(tmp_path):
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     assert analysis["n_participants"] == 30
     assert (out / "analysis" / "report.html").stat().st_size > 10_000
+    # The dry run's readers are simulated, and the report says so.
+    assert analysis["readers"]["analysed"] == "simulated" and analysis["readers"]["n_simulated"] == 30
+    assert "SIMULATED DATA" in (out / "analysis" / "report.html").read_text()
 
     db = sqlite3.connect(var_dir / "db.sqlite3")
     (status,) = db.execute("SELECT status FROM studyplatform_study WHERE slug = 'demo-quick'").fetchone()
@@ -66,6 +69,12 @@ def test_quick_demo_runs_the_whole_chain_then_serves_the_study(tmp_path):
         ).fetchall()
     )
     assert sources == {"real": 24, "baseline": 24, "proposed": 24}
+    # Every stimulus comes from the held-out test split.
+    splits = db.execute(
+        "SELECT DISTINCT c.split FROM studyplatform_case c JOIN studyplatform_study st ON c.study_id = st.id "
+        "WHERE st.slug = 'demo-quick'"
+    ).fetchall()
+    assert splits == [("test",)]
     runs = dict(db.execute("SELECT variant, status FROM generator_trainingrun").fetchall())
     assert runs == {"baseline": "succeeded", "expert-al": "succeeded"}
 

@@ -32,7 +32,7 @@ def test_answers_csv_has_exactly_the_contract_columns_and_values(participant, op
     text = answers_csv(open_study)
     assert text.splitlines()[0] == (
         "participant,external_id,block,trial_index,case,image_source,true_condition,phase,cf_model,diagnosis,"
-        "correct,realness,slider_start,reasons,n_reasons,confidence,rt_ms,answered_at"
+        "correct,realness,slider_start,reasons,n_reasons,confidence,rt_ms,answered_at,block1_design,simulated"
     )
     rows = read(text)
     assert len(rows) == 9 + 2 + 2
@@ -102,7 +102,7 @@ def test_participants_csv_columns_and_values(participant, open_study):
     text = buffer.getvalue()
     assert text.splitlines()[0] == (
         "participant,external_id,status,seed,order,started_at,completed_at,duration_s,excluded,exclusion_reason,"
-        "cf_assignment"
+        "cf_assignment,simulated"
     )
     row = read(text)[0]
     participant.refresh_from_db()
@@ -119,3 +119,17 @@ def test_export_study_command_writes_both_files(participant, open_study, tmp_pat
     assert len(read((tmp_path / f"{open_study.slug}-answers.csv").read_text())) == 13
     assert len(read((tmp_path / f"{open_study.slug}-participants.csv").read_text())) == 1
     assert "13 answers" in capsys.readouterr().out
+
+
+def test_simulated_participants_are_marked_in_both_files(participant, open_study):
+    bot, _ = services.start_session(open_study, external_id="sim-0-0001")
+    services.mark_simulated(bot)
+    run_whole_session(participant)
+    run_whole_session(bot)
+    answers = read(answers_csv(open_study))
+    assert {r["simulated"] for r in answers if r["participant"] == participant.label} == {"0"}
+    assert {r["simulated"] for r in answers if r["participant"] == bot.label} == {"1"}
+    buffer = io.StringIO()
+    export.write_participants_csv(open_study, buffer)
+    flags = {r["participant"]: r["simulated"] for r in read(buffer.getvalue())}
+    assert flags == {participant.label: "0", bot.label: "1"}

@@ -31,6 +31,7 @@ def profile_file(tmp_path):
 def check_sessions(study, n):
     participants = Participant.objects.filter(study=study)
     assert participants.count() == n
+    assert all(p.simulated for p in participants)  # marked, so that no analysis takes them for real readers
     assert {p.status for p in participants} == {Participant.Status.COMPLETED}
     per_participant = study.block1_patients * 3 + study.block2_cases * 2
     assert Response.objects.filter(participant__study=study).count() == n * per_participant
@@ -86,3 +87,20 @@ def test_a_closed_study_or_a_bad_profile_is_refused(open_study, tmp_path):
     with pytest.raises(CommandError, match="open it before"):
         call_command("simulate_participants", open_study.slug, stdout=io.StringIO())
     assert not Participant.objects.filter(study=open_study).exists()
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_filters_and_shows_simulated_participants(admin_client, open_study):
+    from studyplatform import services
+
+    real, _ = services.start_session(open_study, external_id="a-real-reader")
+    call_command("simulate_participants", open_study.slug, "--n", "1", verbosity=0, stdout=io.StringIO())
+    bot = Participant.objects.get(study=open_study, simulated=True)
+    assert not Participant.objects.get(pk=real.pk).simulated
+
+    listing = admin_client.get("/admin/studyplatform/participant/").content.decode()
+    assert "column-simulated" in listing and "?simulated__exact=1" in listing
+    only_bots = admin_client.get("/admin/studyplatform/participant/?simulated__exact=1").content.decode()
+    assert bot.label in only_bots and real.label not in only_bots
+    page = admin_client.get(f"/admin/studyplatform/participant/{bot.pk}/change/").content.decode()
+    assert "field-simulated" in page

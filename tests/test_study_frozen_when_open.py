@@ -17,6 +17,7 @@ FROZEN_CHANGES = {
     "realness_min": 5,
     "confidence_max": 7,
     "block1_patients": 2,
+    "block1_design": "counterbalanced",
     "block2_cases": 3,
     "working_size": 64,
     "display_size": 256,

@@ -173,7 +173,7 @@ def make_phantom(n, resolution, seed, graph_name="mimic"):
     pa, u = scm.sample(int(n), np.random.default_rng(seed))
     x, lesion_masks = scm.render(pa, u, resolution)
     ids = [f"phantom-{graph_name}-{seed}-{i:06d}" for i in range(int(n))]
-    info = {"source": "phantom", "graph": graph_name, "n": int(n), "seed": seed}
+    info = {"source": "phantom", "graph": graph_name, "n": int(n), "seed": seed, "view": "PA"}
     return CXRDataset(x, pa, scm.graph, ids, resolution, u=u, lesion_masks=lesion_masks, scm=scm, info=info)
 
 
@@ -223,7 +223,7 @@ def _load_phantom_cache(cache_file, graph_name):
         u=Exogenous(data["u"]),
         lesion_masks=data["masks"],
         scm=scm,
-        info=data["info"],
+        info={"view": "PA", **data["info"]},  # every phantom is a frontal (PA) film
     )
 
 

@@ -86,6 +86,7 @@ def load_mimic_splits(
         "excluded": exclusions,
     }
     ids = [f"{d}.jpg" for d in frame["dicom_id"]]
+    info["view_positions"] = dict(zip(ids, frame["view"]))  # for the screening of study stimuli
     dataset = CXRDataset(images, pa, MIMIC_GRAPH, ids, resolution, info=info)
     return split_dataset(dataset, frame["subject_id"].to_numpy(), fractions, seed)
 
@@ -138,7 +139,7 @@ def select_mimic(root, mimic_iv_root, views, cofinding_rule, labeler, uncertain,
     frame = frame.loc[frame["wcc"].notna()]
     if frame.empty:
         raise DataError(f"{metadata_path}: no images left after selecting views, labels, demographics and WCC")
-    columns = ["dicom_id", "subject_id", "study_id", "age", "sex", "race", "wcc", "disease"]
+    columns = ["dicom_id", "subject_id", "study_id", "age", "sex", "race", "wcc", "disease", "view"]
     frame = frame[columns].sort_values(["subject_id", "study_id", "dicom_id"]).reset_index(drop=True)
     return frame.astype({"disease": "int64", "race": "int64", "subject_id": "int64", "study_id": "int64"}), exclusions
 

@@ -118,6 +118,7 @@ def select_nih(table, csv_path, views=("PA",), cofinding_rule="pneumonia-wins"):
             "age": age,
             "sex": sex,
             "disease": disease[keep],
+            "view": view.to_numpy()[keep],
         }
     ).loc[plausible]
     if frame.empty:
@@ -155,6 +156,8 @@ def load_nih_splits(
         "views": list(views),
         "cofinding_rule": cofinding_rule,
         "excluded": exclusions,
+        # per image, for the screening of study stimuli (generator.data.screening)
+        "view_positions": dict(zip(frame["image"], frame["view"])),
     }
     dataset = CXRDataset(images, pa, CHESTXRAY8_GRAPH, frame["image"].tolist(), resolution, info=info)
     return split_dataset(dataset, frame["patient"].to_numpy(), fractions, seed)

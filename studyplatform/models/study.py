@@ -43,7 +43,9 @@ class Study(models.Model):
         CLOSED = "closed"
 
     title = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=60, unique=True, help_text="appears in the participant link /s/<slug>/")
+    slug = models.SlugField(
+        max_length=60, unique=True, help_text="the part of the participant link after /s/ (letters, digits, hyphens)"
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT, db_index=True)
 
     class Block1Design(models.TextChoices):
@@ -116,6 +118,12 @@ class Study(models.Model):
     @property
     def diagnosis_choices(self):
         return [(value, self.diagnosis_labels.get(value, value)) for value in CONDITIONS]
+
+    @property
+    def block1_images(self):
+        """Block-1 images each participant sees: every patient three times (paired) or once (counterbalanced)."""
+        per_patient = 1 if self.block1_design == self.Block1Design.COUNTERBALANCED else 3
+        return per_patient * self.block1_patients
 
 
 class Case(models.Model):

@@ -29,6 +29,12 @@ class Command(BaseCommand):
         )
         completeness.add_argument("--include-incomplete", dest="include_incomplete", action="store_true")
         parser.add_argument("--no-models", action="store_true", help="skip the mixed-effects models (faster)")
+        parser.add_argument(
+            "--readers",
+            choices=frames.READERS,
+            default="real",
+            help="whose answers: real participants (default), simulated ones (simulate_participants), or all (mixed)",
+        )
         parser.set_defaults(include_incomplete=False)
 
     def handle(self, *args, **options):
@@ -47,14 +53,18 @@ class Command(BaseCommand):
                 bar.set_postfix_str(stage)
                 bar.update(1)
 
-            document, tables = analyse_answers(
-                answers,
-                participants,
-                include_incomplete=options["include_incomplete"],
-                settings={"input": source},
-                fit_models=not options["no_models"],
-                progress=progress,
-            )
+            try:
+                document, tables = analyse_answers(
+                    answers,
+                    participants,
+                    include_incomplete=options["include_incomplete"],
+                    settings={"input": source},
+                    fit_models=not options["no_models"],
+                    progress=progress,
+                    readers=options["readers"],
+                )
+            except frames.FrameError as error:
+                raise CommandError(str(error)) from error
         written = write_report(document, tables, out, formats)
         for line in summary_lines(document):
             self.stdout.write(line)

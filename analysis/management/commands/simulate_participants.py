@@ -3,7 +3,8 @@
 Each bot starts a session with consent, reads the instructions of each block and answers every trial the server
 serves, exactly as a custom front end would. What it answers comes from the behaviour profile in analysis/simulate.py;
 to know which image it is looking at (the API never says), the bot asks the database, so a dry run must share the
-server's database even when it talks to the server over HTTP (--base-url).
+server's database even when it talks to the server over HTTP (--base-url). Every bot is flagged as simulated
+(`Participant.simulated`), so the export marks its rows and the analysis keeps it apart from real participants.
 """
 
 import time
@@ -15,6 +16,7 @@ from django.test import Client
 from tqdm import tqdm
 
 from analysis.simulate import Profile, answer_block1, answer_block2_final, answer_block2_first, load_profile, new_reader
+from studyplatform import services
 from studyplatform.models import Participant, Stimulus, Study
 
 
@@ -78,6 +80,8 @@ def run_bot(api, slug, external_id, profile, rng):
     if status not in (200, 201):
         raise BotFailed(f"start refused ({status}): {step.get('detail')}")
     token, reader, first_answers, requests_made = step["token"], new_reader(rng, profile), {}, 1
+    # Flagged before the first answer, so that even a bot that fails half-way never passes for a real reader.
+    services.mark_simulated(Participant.objects.get(token=token))
     while step["state"] in ("instructions", "trial"):
         if step["state"] == "instructions":
             status, step = api.call("POST", f"/api/participant/{token}/begin/", {"block": step["block"]})

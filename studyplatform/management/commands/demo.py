@@ -6,14 +6,17 @@
 4. evaluate both and write the Table-1-style comparison and figures under var/demo/evaluation;
 5. build a study of 12 Block-1 patients and 12 Block-2 cases from real images and both models' counterfactuals,
    open it, run simulated participants through the participant API and analyse their answers;
-6. serve the study with a background worker and print the links.
+6. serve the study with a background worker and print the links once the site answers.
 
-Every step reuses what a previous run finished, so a second `make demo` starts serving within seconds.
+Every step reuses what a previous run finished, so a second `make demo` only re-runs the analysis before serving;
+`--serve-only` serves a prepared demo at once. The port is checked before anything else, and SIGTERM or SIGHUP stop
+the web server and the worker as Ctrl-C does.
 """
 
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,9 @@ from django.db import transaction
 
 DEMO_DIR = settings.VAR_DIR / "demo"
 NIH_SAMPLE = settings.BASE_DIR / "fixtures" / "nih-cxr-sample"
+# Split 50/10/40 at the patient level: the study's 24 cases must come from the held-out test split and pass the
+# stimulus screening (the test split of an 80/10/10 split has 5 pneumonia images, one of them a child's).
+NIH_SAMPLE_OPTIONS = {"views": ["PA", "AP"], "seed": 0, "fractions": [0.5, 0.1, 0.4]}
 CONDITIONS = ("healthy", "effusion", "pneumonia")
 
 
@@ -59,6 +65,11 @@ class Command(BaseCommand):
         parser.add_argument("--skip-training", action="store_true", help="reuse finished runs, never train")
         parser.add_argument("--no-serve", action="store_true", help="prepare only; do not start server and worker")
         parser.add_argument(
+            "--serve-only",
+            action="store_true",
+            help="serve the demo an earlier run prepared: no training, evaluation, study building or analysis",
+        )
+        parser.add_argument(
             "--budget",
             type=float,
             default=float(os.environ.get("DEMO_BUDGET", 1200)),
@@ -67,14 +78,25 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
-    def handle(self, *args, quick=False, skip_training=False, no_serve=False, budget=1200, host=None, port=None, **o):
+    def handle(self, *args, quick=False, skip_training=False, no_serve=False, serve_only=False, budget=1200, **o):
         started = time.monotonic()
+        host, port = o["host"], o["port"]
+        if no_serve and serve_only:
+            raise CommandError("--no-serve and --serve-only exclude each other")
+        if not no_serve:
+            # Before minutes of training: a busy port would only show once the links were printed.
+            ensure_port_free(host, port)
         mode = Mode(quick or os.environ.get("DEMO") == "quick", budget)
         out = DEMO_DIR / ("quick" if mode.quick else "full")
         out.mkdir(parents=True, exist_ok=True)
         self.step("Database and admin account")
         call_command("migrate", interactive=False, verbosity=0)
         username, password = self.ensure_admin()
+        if serve_only:
+            study = self.prepared_study(mode)
+            base_url = f"http://{host}:{port}"
+            self.serve(host, port, ready=lambda: self.print_links(study, base_url, username, password, started))
+            return
 
         self.step("Data sets")
         nih, _phantom = self.register_datasets(mode)
@@ -91,6 +113,17 @@ class Command(BaseCommand):
         analysis_dir = self.dry_run(study, mode, out / "analysis")
 
         base_url = f"http://{host}:{port}"
+
+        def report():
+            self.print_links(study, base_url, username, password, started)
+            self.print_results(evaluation_dir, analysis_dir, baseline, proposed)
+
+        if no_serve:
+            report()
+        else:
+            self.serve(host, port, ready=report)
+
+    def print_links(self, study, base_url, username, password, started):
         invite = self.invite_link(study, base_url)
         minutes = (time.monotonic() - started) / 60
         self.stdout.write(self.style.SUCCESS(f"\nDemo ready in {minutes:.1f} min."))
@@ -100,6 +133,8 @@ class Command(BaseCommand):
             "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
         )
         self.stdout.write(f"  Admin:              {base_url}/admin/  user {username!r}  password {password!r}")
+
+    def print_results(self, evaluation_dir, analysis_dir, baseline, proposed):
         self.stdout.write(f"  Evaluation table:   {evaluation_dir}")
         self.stdout.write(f"  Analysis report:    {analysis_dir / 'report.html'}")
         for run in (baseline, proposed):
@@ -109,8 +144,6 @@ class Command(BaseCommand):
             for warning in [run.training_warning, *evaluation]:
                 if warning:
                     self.stdout.write(self.style.WARNING(f"    {warning}"))
-        if not no_serve:
-            self.serve(host, port)
 
     # --- steps ------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -150,7 +183,7 @@ class Command(BaseCommand):
                 kind="nih",
                 root=str(NIH_SAMPLE),
                 resolution=mode.resolution,
-                options={"views": ["PA", "AP"], "seed": 0},
+                options=NIH_SAMPLE_OPTIONS,
             ),
             dict(
                 name=f"phantom{mode.suffix}",
@@ -299,7 +332,15 @@ class Command(BaseCommand):
                     real_image_name=source_id,
                     source_id=source_id,
                 )
-        generator_services.generate_stimuli(study, baseline, proposed, seed=0)
+        from tqdm import tqdm
+
+        with tqdm(total=100, desc="counterfactual stimuli", unit="%") as bar:
+
+            def progress(fraction, message, bar=bar):
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(str(message)[:60], refresh=True)
+
+            generator_services.generate_stimuli(study, baseline, proposed, seed=0, progress=progress)
         study = services.open_study(study)
         self.stdout.write(f"  study {study.slug!r} opened: {len(block1)} Block-1 patients, {len(block2)} Block-2 cases")
         return study
@@ -307,10 +348,12 @@ class Command(BaseCommand):
     def dry_run(self, study, mode, folder):
         from studyplatform.models import Participant
 
-        done = Participant.objects.filter(study=study, status=Participant.Status.COMPLETED).count()
+        # Only the simulated readers count and are analysed: sessions taken in the browser are real participants,
+        # which the analysis keeps apart (`run_analysis demo` analyses them), and the report says "simulated data".
+        done = Participant.objects.filter(study=study, simulated=True, status=Participant.Status.COMPLETED).count()
         if done < mode.participants:
             call_command("simulate_participants", study.slug, n=mode.participants - done, seed=done)
-        call_command("run_analysis", study.slug, out=str(folder))
+        call_command("run_analysis", study.slug, out=str(folder), readers="simulated")
         return folder
 
     def invite_link(self, study, base_url):
@@ -319,59 +362,153 @@ class Command(BaseCommand):
         (invite,) = services.create_invites(study, 1, note="demo link")
         return f"{base_url}/s/{study.slug}/invite/{invite.token}/"
 
-    def serve(self, host, port):
-        """Run the web server and one worker until Ctrl-C, then stop both."""
-        children = [
-            subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", f"{host}:{port}"]),
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "studyplatform", "worker", "--concurrency=1", "--loglevel=INFO"]
-            ),
-        ]
-        self.stdout.write(f"Serving on http://{host}:{port}/ with a background worker. Ctrl-C stops both.")
+    def prepared_study(self, mode):
+        from studyplatform.models import Study
+
+        study = Study.objects.filter(slug=mode.study_slug, status=Study.Status.OPEN).first()
+        if study is None:
+            again = "make demo-quick" if mode.quick else "make demo"
+            raise CommandError(f"--serve-only: there is no open study {mode.study_slug!r}; run `{again}` once first")
+        self.stdout.write(f"  serving the prepared study {study.slug!r}")
+        return study
+
+    def serve(self, host, port, ready):
+        """Run the web server and one worker; call `ready` once the site answers; stop both on Ctrl-C, SIGTERM or
+        SIGHUP. A child that fails to start or stops on its own stops the demo with an error."""
+        children = []
+        # A signal the demo was started to ignore (nohup, a background job) stays ignored.
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+        for sig in previous:
+            signal.signal(sig, _stop_requested)
+        interrupt = signal.getsignal(signal.SIGINT)
         try:
-            while all(child.poll() is None for child in children):
+            self.stdout.write(f"Starting the web server on {host}:{port} and a background worker ...")
+            web = [sys.executable, "manage.py", "runserver", "--noreload", f"{host}:{port}"]
+            worker = [sys.executable, "-m", "celery", "-A", "studyplatform", "worker", "--concurrency=1", "-l", "INFO"]
+            children.append(("web server", _start(web)))
+            children.append(("worker", _start(worker)))
+            wait_until_listening(host, port, children)
+            ready()
+            self.stdout.write(f"Serving on http://{host}:{port}/ with a background worker. Ctrl-C stops both.")
+            while True:
+                check_running(children)
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        except (KeyboardInterrupt, StopRequested):
+            self.stdout.write("Stopping the web server and the worker ...")
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
-            for child in children:
-                try:
-                    child.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            # A second signal must not cut the clean-up short and leave a child holding the port.
+            for sig in (signal.SIGINT, *STOP_SIGNALS):
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                stop_children(children)
+            finally:
+                signal.signal(signal.SIGINT, interrupt)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGHUP reached the demo: stop serving as on Ctrl-C."""
+
+
+def _stop_requested(signum, frame):
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def _start(command):
+    # Each child leads its own process group, so that stopping it also reaches its own children (Celery's pool).
+    return subprocess.Popen(command, start_new_session=True)
+
+
+def ensure_port_free(host, port):
+    """Refuse at once when something already listens on host:port (binding as the web server will)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise CommandError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}. Another process (an earlier demo?) uses the "
+            f"port: stop it, or choose another port with PORT=8001 make demo (manage.py demo --port 8001)."
+        ) from exc
+
+
+def check_running(children):
+    for name, child in children:
+        code = child.poll()
+        if code is not None:
+            raise CommandError(f"the {name} stopped with exit status {code}; the demo stops too (see its output above)")
+
+
+def wait_until_listening(host, port, children, timeout=600):
+    """Block until the web server accepts connections, failing when a child exits first."""
+    address = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    deadline = time.monotonic() + timeout
+    while True:
+        check_running(children)
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CommandError(f"the web server did not answer on {host}:{port} within {timeout} s") from None
+            time.sleep(0.2)
+
+
+def stop_children(children, grace=20):
+    """SIGTERM to each child's process group (the web server exits, the worker finishes its task: a warm shutdown;
+    unlike SIGINT it is never inherited as ignored), then, after `grace` seconds, SIGKILL to what is left."""
+    for _, child in children:
+        if child.poll() is None:
+            _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for _, child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(child, signal.SIGKILL)
+        child.wait()
+
+
+def _signal_group(child, sig):
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def choose_cases(dataset, resolution, n_block1=12, n_block2=12):
-    """Held-out real images (test, then validation, then training split) for both blocks, without repeats:
-    Block 1 balanced over the three conditions, Block 2 half effusion, half pneumonia."""
-    from generator.services import load_run_splits
+    """Real images of the held-out test split that pass the stimulus screening (adults, frontal views, no large
+    blank border), for both blocks without repeats: Block 1 balanced over the three conditions, Block 2 half
+    effusion, half pneumonia as far as the split allows (effusion fills up)."""
+    from generator.services import stimulus_candidates
 
-    splits = load_run_splits(dataset, resolution)
+    candidates, screened_out = stimulus_candidates(dataset, resolution)
     pool = {condition: [] for condition in CONDITIONS}
-    for split in ("test", "valid", "train"):
-        data = splits[split]
-        for index, source_id in enumerate(data.ids):
-            pool[CONDITIONS[int(data.pa["disease"][index])]].append(source_id)
-    wanted_block1 = {condition: n_block1 // 3 for condition in CONDITIONS}
-    wanted_block2 = {"effusion": n_block2 // 2, "pneumonia": n_block2 - n_block2 // 2}
-    picked1, picked2 = [], []
+    for source_id, condition, _ in candidates:
+        pool[condition].append(source_id)
+    per_condition = n_block1 // 3
+    where = f"the test split of {dataset.name} ({len(screened_out)} of its images screened out)"
     for condition in CONDITIONS:
-        needed = wanted_block1[condition] + wanted_block2.get(condition, 0)
-        if len(pool[condition]) < needed:
-            raise CommandError(f"the data set has {len(pool[condition])} {condition} images; the study needs {needed}")
-        ids = pool[condition][:needed]
-        picked1 += [(source_id, condition) for source_id in ids[: wanted_block1[condition]]]
-        picked2 += [(source_id, condition) for source_id in ids[wanted_block1[condition] :]]
+        if len(pool[condition]) < per_condition:
+            raise CommandError(f"{where} has {len(pool[condition])} {condition} images; Block 1 needs {per_condition}")
+    picked1 = [(source_id, condition) for condition in CONDITIONS for source_id in pool[condition][:per_condition]]
+    rest = {condition: pool[condition][per_condition:] for condition in ("effusion", "pneumonia")}
+    n_pneumonia = min(n_block2 - n_block2 // 2, len(rest["pneumonia"]))
+    n_effusion = n_block2 - n_pneumonia
+    if len(rest["effusion"]) < n_effusion:
+        raise CommandError(f"{where} has too few diseased images left for {n_block2} Block-2 cases")
+    picked2 = [(source_id, "effusion") for source_id in rest["effusion"][:n_effusion]]
+    picked2 += [(source_id, "pneumonia") for source_id in rest["pneumonia"][:n_pneumonia]]
     images = Path(dataset.root) / "images"
 
     def with_image(items):
         return [(source_id, condition, (images / source_id).read_bytes()) for source_id, condition in items]
 
     # Interleave the conditions so the researcher's case list reads P01 healthy, P02 effusion, ...
-    per_condition = n_block1 // 3
     order = {item: (rank % per_condition, CONDITIONS.index(item[1])) for rank, item in enumerate(picked1)}
     picked1.sort(key=order.__getitem__)
     return with_image(picked1), with_image(picked2)
