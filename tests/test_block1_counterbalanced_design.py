@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 
 from studyplatform import counterbalance, export, services
 from studyplatform.models import Participant, Response, Study
+from tests.admin_pages import form_as_shown
 from tests.factories import (
     StudyFactory,
     add_block1_case,
@@ -254,50 +255,17 @@ def test_the_admin_offers_both_designs_and_explains_the_trade_off(admin_client, 
     assert 'name="block1_design"' not in page and "counterbalanced (each patient once per participant" in page
 
 
-STUDY_FORM_FIELDS = (
-    "title",
-    "slug",
-    "consent_text",
-    "instructions_block1",
-    "instructions_block2",
-    "debrief_text",
-    "realness_min",
-    "realness_max",
-    "confidence_min",
-    "confidence_max",
-    "block1_patients",
-    "block2_cases",
-    "working_size",
-    "display_size",
-    "prolific_study_id",
-    "completion_code",
-    "completion_url",
-    "time_limit_minutes",
-)
-
-
-def admin_form(study, **changes):
-    """The study change form as the admin posts it, with `changes`."""
-    form = {field: getattr(study, field) for field in STUDY_FORM_FIELDS}
-    form.update(
-        {
-            "diagnosis_labels": json.dumps(study.diagnosis_labels),
-            "reasons": json.dumps(study.reasons),
-            "attention_checks": json.dumps(study.attention_checks),
-            "block1_design": study.block1_design,
-            "cases-TOTAL_FORMS": 0,
-            "cases-INITIAL_FORMS": 0,
-        }
-    )
+def admin_form(client, study, **changes):
+    """The study change form as the admin renders and posts it (every inline included), with `changes`."""
+    form = form_as_shown(client.get(f"/admin/studyplatform/study/{study.pk}/change/"))
     form.update(changes)
     return form
 
 
 def test_the_admin_form_stores_the_chosen_design(admin_client, db):
     draft = StudyFactory()
-    reply = admin_client.post(
-        f"/admin/studyplatform/study/{draft.pk}/change/", admin_form(draft, block1_design="counterbalanced")
-    )
+    form = admin_form(admin_client, draft, block1_design="counterbalanced")
+    reply = admin_client.post(f"/admin/studyplatform/study/{draft.pk}/change/", form)
     assert reply.status_code == 302, reply.content.decode()[:3000]
     assert Study.objects.get(pk=draft.pk).block1_design == "counterbalanced"
 
@@ -318,7 +286,7 @@ def test_the_answers_export_names_the_design(media_root):
 def test_an_attention_check_the_chosen_design_never_reaches_is_a_form_error(admin_client, db):
     check = {"after": 5, "instruction": "Select Pneumonia for this question.", "expected": "pneumonia"}
     draft = StudyFactory(block1_patients=3, attention_checks=[check])
-    form = admin_form(draft, block1_design="counterbalanced", attention_checks=json.dumps([check]))
+    form = admin_form(admin_client, draft, block1_design="counterbalanced", attention_checks=json.dumps([check]))
     reply = admin_client.post(f"/admin/studyplatform/study/{draft.pk}/change/", form)
     assert reply.status_code == 200
     assert "(1 to 3 in the counterbalanced design)" in reply.content.decode()
