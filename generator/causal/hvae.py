@@ -264,11 +264,14 @@ class ConditionalHVAE(nn.Module):
                 layers = [ResBlock(widths[res], embedding, scale_last, bottleneck) for _ in range(blocks[res])]
             self.decoder_blocks[str(res)] = nn.ModuleList(layers)
         self.output = self.output_head(widths[top])
-        self.lesion_latent_dim = preset.lesion_latent if self.lesion_node is not None else 0
-        self.lesion_support = bool(preset.lesion_support) and self.lesion_node is not None
+        has_lesion = self.lesion_node is not None
+        self.lesion_code_dim = preset.lesion_latent if has_lesion else 0
+        self.lesion_map_channels = preset.lesion_latent_map if has_lesion else 0
+        self.lesion_support = bool(preset.lesion_support) and has_lesion
         self.lesion_free_bits = float(preset.lesion_free_bits)
-        self.lesion_sparsity = float(preset.lesion_sparsity) if self.lesion_node is not None else 0.0
-        if self.lesion_node is not None:
+        self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
+        self.lesion_detached = bool(preset.lesion_detached) and has_lesion
+        if has_lesion:
             self.lesion_parent_net = parent_mlp(encoded_width(graph, graph.names), embedding)
             self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
             self.lesion_blocks = nn.ModuleList(
@@ -281,25 +284,41 @@ class ConditionalHVAE(nn.Module):
             with torch.no_grad():  # the branch starts by drawing nothing
                 for parameter in self.lesion_output.parameters():
                     parameter.zero_()
+        # z_L per disease class, flattened: the vector code first, then the spatial code's channels x grid
+        self.lesion_posterior_resolution = max(r for r in self.trunk_resolutions if r <= 16)
+        self.lesion_map_size = self.lesion_posterior_resolution
+        self.lesion_latent_dim = self.lesion_code_dim + self.lesion_map_channels * self.lesion_map_size**2
         if self.lesion_latent_dim:
             self.lesion_classes = graph[self.lesion_node].cardinality - 1
+            posterior_width = widths[self.lesion_posterior_resolution]
+        if self.lesion_code_dim:
             # q(z_L | x, disease): read from the encoder at the finest resolution up to 16 px, pooled to at most 8 px
             # and flattened, so the code can say WHERE the lesion is (side, lobe) as well as how it looks
-            self.lesion_posterior_resolution = max(r for r in self.trunk_resolutions if r <= 16)
             pooled = min(self.lesion_posterior_resolution, LESION_SEED_SIZE)
-            features = widths[self.lesion_posterior_resolution] * pooled * pooled
             self.lesion_posterior = nn.Sequential(
-                nn.Linear(features, LESION_HIDDEN),
+                nn.Linear(posterior_width * pooled * pooled, LESION_HIDDEN),
                 nn.GELU(),
-                nn.Linear(LESION_HIDDEN, self.lesion_classes * 2 * self.lesion_latent_dim),
+                nn.Linear(LESION_HIDDEN, self.lesion_classes * 2 * self.lesion_code_dim),
             )
             with torch.no_grad():  # the posterior starts at the prior
                 self.lesion_posterior[-1].weight.mul_(0.1)
                 self.lesion_posterior[-1].bias.zero_()
             # z_L -> a coarse spatial seed added to the branch's input: the code places the lesion on the anatomy
             self.lesion_seed = nn.Linear(
-                self.lesion_classes * self.lesion_latent_dim, widths[top] * LESION_SEED_SIZE * LESION_SEED_SIZE
+                self.lesion_classes * self.lesion_code_dim, widths[top] * LESION_SEED_SIZE * LESION_SEED_SIZE
             )
+        if self.lesion_map_channels:
+            # the spatial code: a per-position posterior read by a convolution from the same encoder grid, and a
+            # convolution that turns the image's own class's map into a seed at that grid
+            self.lesion_map_posterior = nn.Sequential(
+                nn.Conv2d(posterior_width, posterior_width, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(posterior_width, self.lesion_classes * 2 * self.lesion_map_channels, 3, padding=1),
+            )
+            with torch.no_grad():
+                self.lesion_map_posterior[-1].weight.mul_(0.1)
+                self.lesion_map_posterior[-1].bias.zero_()
+            self.lesion_map_seed = nn.Conv2d(self.lesion_map_channels, widths[top], 3, padding=1)
 
     def output_head(self, width, channels=2):
         """Pixel maps (mean and log-sigma by default) from the top features, unfolding 2x2 patches when the trunk
@@ -325,11 +344,21 @@ class ConditionalHVAE(nn.Module):
         the lesion, so a counterfactual keeps every pixel there.
         """
         embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
+        if self.lesion_detached:
+            h = h.detach()
         r = self.lesion_input(F.gelu(h))
         if self.lesion_latent_dim:
             chosen = lesion_latents * self.disease_slots(pa).to(r.dtype)[:, :, None]
-            seed = self.lesion_seed(chosen.flatten(1)).view(len(r), r.shape[1], LESION_SEED_SIZE, LESION_SEED_SIZE)
-            r = r + F.interpolate(seed, size=r.shape[-2:], mode="bilinear", align_corners=False)
+            code, grid = chosen.split([self.lesion_code_dim, self.lesion_latent_dim - self.lesion_code_dim], dim=2)
+            if self.lesion_code_dim:
+                seed = self.lesion_seed(code.flatten(1)).view(len(r), r.shape[1], LESION_SEED_SIZE, LESION_SEED_SIZE)
+                r = r + F.interpolate(seed, size=r.shape[-2:], mode="bilinear", align_corners=False)
+            if self.lesion_map_channels:
+                # only the image's own class is non-zero, so the sum over classes selects its map
+                size = self.lesion_map_size
+                grid = grid.sum(1).view(len(r), self.lesion_map_channels, size, size)
+                seed = self.lesion_map_seed(grid)
+                r = r + F.interpolate(seed, size=r.shape[-2:], mode="bilinear", align_corners=False)
         for block in self.lesion_blocks:
             r = block(r, embedding)
         present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
@@ -343,9 +372,15 @@ class ConditionalHVAE(nn.Module):
 
     def lesion_posterior_stats(self, activations, pa):
         """Mean and log-std [N, d] of q(z_L | x) for each image's own disease class (zeros for no finding)."""
-        h = activations[self.lesion_posterior_resolution]
-        h = F.adaptive_avg_pool2d(F.gelu(h), min(h.shape[-1], LESION_SEED_SIZE))
-        stats = self.lesion_posterior(h.flatten(1)).view(len(h), self.lesion_classes, 2, self.lesion_latent_dim)
+        h = F.gelu(activations[self.lesion_posterior_resolution])
+        parts = []
+        if self.lesion_code_dim:
+            pooled = F.adaptive_avg_pool2d(h, min(h.shape[-1], LESION_SEED_SIZE))
+            parts.append(self.lesion_posterior(pooled.flatten(1)).view(len(h), self.lesion_classes, 2, -1))
+        if self.lesion_map_channels:
+            grid = self.lesion_map_posterior(h).view(len(h), self.lesion_classes, 2, self.lesion_map_channels, -1)
+            parts.append(grid.flatten(3))
+        stats = torch.cat(parts, dim=3)
         slots = self.disease_slots(pa).to(stats.dtype)[:, :, None, None]
         mean, logstd = (stats * slots).sum(1).unbind(1)
         # softly bounded: a code far outside the prior's bulk is never a plausible lesion, and an unbounded mean

@@ -34,9 +34,18 @@ class Preset:
     # exogenous noise (side, extent, texture): N(0, I) prior, inferred from the image, read only by the branch, so a
     # removal subtracts the lesion seen and an addition draws one lesion from the prior
     lesion_latent: int = 0
+    # with a lesion branch: channels of a SPATIAL lesion code per disease class, one N(0, I) value per channel and
+    # position of the encoder's grid at up to 16 px (0 = none). A vector code holds where a lesion is and how large;
+    # a texture (a consolidation's mottling) has as many degrees of freedom as it has patches, and only a map holds it
+    lesion_latent_map: int = 0
     # with a lesion branch: rectify the branch's map (an opacity only adds attenuation), so it is exactly zero
     # outside the lesion and a counterfactual leaves every other pixel as it was
     lesion_support: bool = False
+    # with a lesion branch: the branch reads the trunk's features without sending gradient into them. Otherwise the
+    # likelihood teaches the trunk to leave hints of the lesion in its features (its image stays lesion-free for the
+    # anatomy adversary), the branch learns to draw from those hints, and an addition to a healthy image, whose
+    # features have none, comes out faint whatever the lesion code says
+    lesion_detached: bool = False
     # with a lesion latent: the KL of a diseased image's lesion code counts as at least this many nats in training
     # (free bits), so the code is used instead of collapsing to the prior
     lesion_free_bits: float = 0.0
