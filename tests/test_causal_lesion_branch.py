@@ -88,9 +88,9 @@ def top_features(hvae, pa, latents):
     seen = {}
     branch = hvae.lesion
 
-    def recording(h, branch_pa, lesion_latents=None):
+    def recording(h, branch_pa, lesion_latents=None, anatomy=None):
         seen["h"] = h
-        return branch(h, branch_pa, lesion_latents)
+        return branch(h, branch_pa, lesion_latents, anatomy)
 
     hvae.lesion = recording
     try:

@@ -11,7 +11,7 @@ from tests.test_causal_lesion_branch import batch
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
-def map_model(code=0, channels=2, detached=False):
+def map_model(code=0, channels=2, detached=False, reads="features"):
     """A test-32 model whose lesion code is (by default only) a spatial map of `channels` values per grid position,
     with the branch's output and posterior heads randomised as after training."""
     preset = get_preset("test-32")
@@ -20,6 +20,7 @@ def map_model(code=0, channels=2, detached=False):
     preset.lesion_latent_map = channels
     preset.lesion_support = True
     preset.lesion_detached = detached
+    preset.lesion_reads = reads
     torch.manual_seed(0)
     model = CounterfactualModel(MIMIC_GRAPH, preset)
     model.parent_model.fit_standardisation(batch([0, 1, 2, 0, 1, 2])[1])
@@ -81,8 +82,8 @@ def test_the_spatial_code_places_the_lesion_two_seeds_add_two_different_lesions(
     assert torch.equal(first, again)
 
 
-def trunk_and_branch_gradients(detached):
-    hvae = map_model(code=3, detached=detached).hvae.train()
+def trunk_and_branch_gradients(detached, reads="features"):
+    hvae = map_model(code=3, detached=detached, reads=reads).hvae.train()
     x, pa = batch([1, 2, 1, 2])
     decoded = hvae.decode(pa, hvae.encode(x), generator=torch.Generator().manual_seed(0))
     decoded["lesion"].pow(2).sum().backward()
@@ -99,3 +100,30 @@ def test_a_detached_branch_learns_without_teaching_the_trunk_to_hint_at_the_lesi
     # the same loss reaches the trunk when the branch is attached: the test can tell the two apart
     trunk, branch = trunk_and_branch_gradients(detached=False)
     assert trunk > 0 and branch > 0
+
+
+def test_a_branch_that_reads_the_lesion_free_image_sends_no_gradient_into_the_trunk_and_ignores_its_features():
+    trunk, branch = trunk_and_branch_gradients(detached=False, reads="anatomy")
+    assert trunk == 0.0 and branch > 0
+    model = map_model(code=3, reads="anatomy")
+    hvae = model.hvae
+    x, pa = batch([1, 2, 0])
+    with torch.no_grad():
+        seen = hvae.abduct(x, pa)
+        first = hvae.lesion(seen.features, pa, seen.lesion_latents, seen.anatomy)
+        other = hvae.lesion(torch.randn_like(seen.features), pa, seen.lesion_latents, seen.anatomy)
+        assert torch.equal(first, other) and first[:2].abs().sum() > 0
+        # an addition still draws a different lesion for each seed
+        healthy = batch([0, 0])
+
+        def add(seed):
+            cf = model.counterfactual(*healthy, {"disease": 2}, generator=torch.Generator().manual_seed(seed))
+            return cf.x_cf
+
+        assert (add(1) - add(2)).abs().mean() > 1e-3
+
+
+def test_a_preset_refuses_an_unknown_branch_input():
+    preset = get_preset("test-32").to_dict()
+    with pytest.raises(ValueError, match="lesion_reads"):
+        type(get_preset("test-32")).from_dict({**preset, "lesion_reads": "pixels"})

@@ -271,9 +271,21 @@ class ConditionalHVAE(nn.Module):
         self.lesion_free_bits = float(preset.lesion_free_bits)
         self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
         self.lesion_detached = bool(preset.lesion_detached) and has_lesion
+        self.lesion_reads = preset.lesion_reads
         if has_lesion:
             self.lesion_parent_net = parent_mlp(encoded_width(graph, graph.names), embedding)
-            self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
+            if self.lesion_reads == "anatomy":
+                # a small stem over the lesion-free image, unfolded to the trunk's grid when the trunk runs at half size
+                channels = 4 if self.patchify else 1
+                self.lesion_input = nn.Sequential(
+                    nn.Conv2d(channels, widths[top], 3, padding=1),
+                    nn.GELU(),
+                    nn.Conv2d(widths[top], widths[top], 3, padding=1),
+                    nn.GELU(),
+                    nn.Conv2d(widths[top], widths[top], 3, padding=1),
+                )
+            else:
+                self.lesion_input = nn.Conv2d(widths[top], widths[top], 3, padding=1)
             self.lesion_blocks = nn.ModuleList(
                 ResBlock(widths[top], embedding, scale_last) for _ in range(preset.lesion_blocks)
             )
@@ -336,17 +348,22 @@ class ConditionalHVAE(nn.Module):
         """[N, classes] one-hot of the lesion node without category 0: which lesion code an image's lesion uses."""
         return F.one_hot(pa[self.lesion_node].long(), self.lesion_classes + 1)[:, 1:].float()
 
-    def lesion(self, h, pa, lesion_latents=None):
+    def lesion(self, h, pa, lesion_latents=None, anatomy=None):
         """The lesion branch's additive pixel-mean map; zero wherever the lesion node is in category 0.
 
         With a lesion latent, the code of the image's own disease class (`lesion_latents[:, k - 1]`) shapes the map;
         with a support gate the map is rectified: an opacity only adds attenuation, and it is exactly zero outside
         the lesion, so a counterfactual keeps every pixel there.
+
+        `anatomy` is the trunk's lesion-free pixel mean, which the branch reads instead of `h` when the preset says
+        `lesion_reads="anatomy"`.
         """
         embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
-        if self.lesion_detached:
-            h = h.detach()
-        r = self.lesion_input(F.gelu(h))
+        if self.lesion_reads == "anatomy":
+            image = anatomy.detach()
+            r = self.lesion_input(F.pixel_unshuffle(image, 2) if self.patchify else image)
+        else:
+            r = self.lesion_input(F.gelu(h.detach() if self.lesion_detached else h))
         if self.lesion_latent_dim:
             chosen = lesion_latents * self.disease_slots(pa).to(r.dtype)[:, :, None]
             code, grid = chosen.split([self.lesion_code_dim, self.lesion_latent_dim - self.lesion_code_dim], dim=2)
@@ -463,7 +480,7 @@ class ConditionalHVAE(nn.Module):
                 lesion_latents, lesion_kl = self.infer_lesion_latents(activations, pa, own_sample, generator)
             else:
                 lesion_latents = self.prior_lesion_latents(n, h.device, generator, h.dtype) * temperature
-        lesion = self.lesion(h, pa, lesion_latents) if self.lesion_node is not None else None
+        lesion = self.lesion(h, pa, lesion_latents, anatomy) if self.lesion_node is not None else None
         mean = anatomy + lesion if lesion is not None else anatomy
         return {
             "mean": mean,
@@ -560,7 +577,7 @@ class ConditionalHVAE(nn.Module):
     def predict_decoded(self, abduction, pa):
         """The decoder's output under `pa` for the abducted noise; reruns only the lesion branch when it can."""
         if self.lesion_node is not None and self.trunk_unchanged(abduction, pa):
-            lesion = self.lesion(abduction.features, pa, abduction.lesion_latents)
+            lesion = self.lesion(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)
             return {"mean": abduction.anatomy + lesion, "log_sigma": abduction.log_sigma, "lesion": lesion}
         return self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
 

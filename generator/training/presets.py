@@ -46,6 +46,10 @@ class Preset:
     # anatomy adversary), the branch learns to draw from those hints, and an addition to a healthy image, whose
     # features have none, comes out faint whatever the lesion code says
     lesion_detached: bool = False
+    # with a lesion branch: what the branch reads of the anatomy. "features": the trunk's top features; "anatomy": the
+    # trunk's lesion-free pixel mean (no gradient back), which the anatomy adversary keeps free of lesion hints, so
+    # where and how large a lesion is can only come from the lesion code
+    lesion_reads: str = "features"
     # with a lesion latent: the KL of a diseased image's lesion code counts as at least this many nats in training
     # (free bits), so the code is used instead of collapsing to the prior
     lesion_free_bits: float = 0.0
@@ -113,6 +117,8 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: resolutions, widths and blocks must have the same length")
         if self.resolutions[0] != 1 or self.resolutions[-1] != self.resolution:
             raise ValueError(f"preset {self.name!r}: resolutions must run from 1 to {self.resolution}")
+        if self.lesion_reads not in ("features", "anatomy"):
+            raise ValueError(f"preset {self.name!r}: lesion_reads must be 'features' or 'anatomy'")
         if list(self.resolutions) != sorted(set(self.resolutions)):
             raise ValueError(f"preset {self.name!r}: resolutions must be strictly increasing")
         missing = set(self.latent_resolutions) - set(self.resolutions)
