@@ -4,6 +4,7 @@ A browser holds a participant's session through a signed, HttpOnly cookie per st
 carry a credential; every page asks `services.next_step` what to show and every form posts to one service function.
 """
 
+import functools
 import uuid
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from studyplatform import images, ratelimit, services
@@ -292,6 +294,18 @@ def _answer(request, slug):
     return redirect("study-run", slug=slug)
 
 
+@functools.lru_cache(maxsize=4096)
+def _stimulus_url(token, urlconf, script_prefix):
+    """`{% url 'stimulus-image' token %}`, kept per URLconf and script prefix: reversing a URL costs more than the
+    rest of a trial's images and their markup, and a stimulus is shown on many trial pages."""
+    return reverse("stimulus-image", args=[token], urlconf=urlconf)
+
+
+def _stimulus_urls(tokens):
+    urlconf, script_prefix = get_urlconf() or settings.ROOT_URLCONF, get_script_prefix()
+    return [_stimulus_url(token, urlconf, script_prefix) for token in tokens]
+
+
 def _page(request, study, participant, errors=None, submitted=None):
     errors, submitted = errors or {}, submitted or {}
     step = services.next_step(participant)
@@ -301,8 +315,18 @@ def _page(request, study, participant, errors=None, submitted=None):
         context["resume_code"] = services.format_resume_code(participant.resume_code)
         return render(request, "study/instructions.html", context)
     if step["state"] == "trial":
+        context["image_urls"] = _stimulus_urls(step["trial"]["images"])
+        context["preload_urls"] = _stimulus_urls(step["preload"])
+        # Each option with whether it is checked (the answer sent back after a refusal), so the template compares
+        # nothing: a comparison with a field the answer lacks is a failed template lookup, which is costly.
+        context["diagnosis_options"] = [
+            (value, label, submitted.get("diagnosis") == value) for value, label in study.diagnosis_choices
+        ]
         context["reasons"] = list(enumerate(study.reasons, start=1))
-        context["confidence_range"] = list(range(study.confidence_min, study.confidence_max + 1))
+        context["confidence_options"] = [
+            (value, submitted.get("confidence") == str(value))
+            for value in range(study.confidence_min, study.confidence_max + 1)
+        ]
         return render(request, "study/trial.html", context, status=status)
     if step["state"] == "complete":
         return render(request, "study/complete.html", context)

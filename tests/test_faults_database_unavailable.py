@@ -4,7 +4,7 @@ failed request leaves no partial rows, and the same answer goes through once the
 from unittest import mock
 
 import pytest
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.test import Client
 
 from studyplatform import services
@@ -16,6 +16,19 @@ pytestmark = pytest.mark.django_db
 
 def database_gone(*args, **kwargs):
     raise OperationalError("server closed the connection unexpectedly")
+
+
+def audit_insert_fails(error):
+    """The database fails on the INSERT of an audit row: an answer's last write, after its Response row and the
+    participant's counter (however the code writes that row)."""
+    statement = f"INSERT INTO {connection.ops.quote_name(AuditLog._meta.db_table)}"
+
+    def execute(execute, sql, params, many, context):
+        if sql.startswith(statement):
+            raise error
+        return execute(sql, params, many, context)
+
+    return connection.execute_wrapper(execute)
 
 
 def snapshot(participant):
@@ -48,7 +61,7 @@ def test_a_failure_in_the_middle_of_storing_an_answer_rolls_everything_back(clie
     before = snapshot(participant)
 
     # The Response row and the participant's counter are written before the audit row (the last write) fails.
-    with mock.patch.object(AuditLog.objects, "create", side_effect=database_gone):
+    with audit_insert_fails(OperationalError("server closed the connection unexpectedly")):
         assert_retry_page(client.post(run_url, form))
     assert snapshot(participant) == before
 
@@ -67,7 +80,7 @@ def test_the_json_api_answers_503_and_stores_nothing(client, in_block1, error):
     body = {"trial": trial["id"], **valid_answer(trial)}
     before = snapshot(participant)
 
-    with mock.patch.object(AuditLog.objects, "create", side_effect=error("connection lost")):
+    with audit_insert_fails(error("connection lost")):
         reply = client.post(f"/api/participant/{participant.token}/answers/", body, content_type="application/json")
     assert reply.status_code == 503 and reply["Retry-After"].isdigit()
     assert snapshot(participant) == before

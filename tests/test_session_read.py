@@ -1,15 +1,19 @@
 """`services.read_session` (the participant's session read, compiled once per connection) returns what the ORM query
-it stands for returns, and `services.study_stimuli` keeps the stimulus set of an open study only while that opening
-lasts."""
+it stands for returns, each read with its own copy of the plan; `services.insert_row` and `services.update_row` (the
+answer's writes, compiled once per connection) run the statements that save() runs and send its signals; and
+`services.study_stimuli` keeps the stimulus set of an open study only while that opening lasts."""
 
 import uuid
 
 import pytest
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.models.signals import post_save, pre_save
 from django.forms.models import model_to_dict
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from studyplatform import services
-from studyplatform.models import Participant, Stimulus, Study
+from studyplatform.models import AuditLog, Participant, Response, Stimulus, Study
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +60,108 @@ def test_a_read_session_saves_what_changed_and_nothing_else(participant):
     read.save(update_fields=["n_answers"])
     participant.refresh_from_db()
     assert participant.n_answers == 1 and participant.plan == read.plan
+
+
+def test_each_read_has_its_own_copy_of_the_plan(participant):
+    stored = Participant.objects.get(pk=participant.pk).plan
+    first = services.read_session({"pk": participant.pk})
+    first.plan[0]["phase"] = "changed in memory"
+    first.plan.append({"id": "added in memory"})
+    assert services.read_session({"pk": participant.pk}).plan == stored
+
+    # Another plan stored for the participant is read as stored.
+    Participant.objects.filter(pk=participant.pk).update(plan=stored[:1])
+    assert services.read_session({"pk": participant.pk}).plan == stored[:1]
+
+
+def written(write):
+    """The INSERT and UPDATE statements (with their values) that `write` runs; what they wrote is rolled back."""
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        write()
+        transaction.set_rollback(True)
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith(("INSERT", "UPDATE"))]
+
+
+def an_answer(participant, stimulus):
+    return Response(
+        participant=participant,
+        sequence=0,
+        block=1,
+        phase="block1",
+        trial_index=1,
+        case_id=stimulus.case_id,
+        stimulus=stimulus,
+        diagnosis="effusion",
+        realness=40,
+        slider_start=55,
+        reasons=[1, 3],
+        rt_ms=900,
+    )
+
+
+def test_the_compiled_writes_run_the_statements_save_runs(participant, monkeypatch):
+    moment = timezone.now()
+    monkeypatch.setattr(timezone, "now", lambda: moment)  # auto_now_add: the same time in both statements
+    stimulus = Stimulus.objects.filter(case__study=participant.study).first()
+    audit = services._audit_fields(participant, "answer.submit", participant, participant.study, sequence=0)
+
+    assert written(lambda: services.insert_row(an_answer(participant, stimulus))) == written(
+        lambda: an_answer(participant, stimulus).save()
+    )
+    assert written(lambda: services.insert_row(AuditLog(**audit))) == written(lambda: AuditLog(**audit).save())
+    participant.n_answers, participant.last_seen_at = 1, moment
+    participant.excluded, participant.exclusion_reason = True, "failed attention check 1"
+    for fields in (["n_answers", "last_seen_at"], ["n_answers", "last_seen_at", "excluded", "exclusion_reason"]):
+        assert written(lambda fields=fields: services.update_row(participant, fields)) == written(
+            lambda fields=fields: participant.save(update_fields=fields)
+        )
+
+
+def test_the_compiled_writes_store_the_row_and_only_the_fields_named(participant):
+    stimulus = Stimulus.objects.filter(case__study=participant.study).first()
+    answer = services.insert_row(an_answer(participant, stimulus))
+    assert answer.pk is not None and answer.answered_at is not None
+    assert (answer._state.adding, answer._state.db) == (False, "default")
+    assert model_to_dict(Response.objects.get(pk=answer.pk)) == model_to_dict(answer)
+
+    participant.n_answers = 1
+    participant.exclusion_reason = "not among the fields written"
+    services.update_row(participant, ["n_answers"])
+    stored = Participant.objects.get(pk=participant.pk)
+    assert (stored.n_answers, stored.exclusion_reason) == (1, "")
+
+
+def test_the_compiled_writes_send_the_save_signals(participant):
+    seen = []
+
+    def receiver(signal, sender, instance, **kwargs):
+        seen.append((signal, sender, instance, kwargs.get("created"), kwargs["update_fields"], kwargs["raw"]))
+
+    stimulus = Stimulus.objects.filter(case__study=participant.study).first()
+    for signal in (pre_save, post_save):
+        signal.connect(receiver, sender=Response)
+        signal.connect(receiver, sender=Participant)
+    try:
+        answer = services.insert_row(an_answer(participant, stimulus))
+        services.update_row(participant, ["n_answers"])
+    finally:
+        for signal in (pre_save, post_save):
+            signal.disconnect(receiver, sender=Response)
+            signal.disconnect(receiver, sender=Participant)
+    assert seen == [
+        (pre_save, Response, answer, None, None, False),
+        (post_save, Response, answer, True, None, False),
+        (pre_save, Participant, participant, None, frozenset({"n_answers"}), False),
+        (post_save, Participant, participant, False, frozenset({"n_answers"}), False),
+    ]
+
+
+def test_an_update_of_a_row_that_is_gone_fails_as_save_does(participant):
+    gone = services.read_session({"pk": participant.pk})
+    Participant.objects.filter(pk=participant.pk).delete()
+    for update in (lambda: services.update_row(gone, ["n_answers"]), lambda: gone.save(update_fields=["n_answers"])):
+        with pytest.raises(DatabaseError, match="did not affect any rows"), transaction.atomic():
+            update()
 
 
 def test_the_stimulus_set_is_kept_per_opening_of_the_study(open_study, monkeypatch):
