@@ -7,6 +7,7 @@ import io
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,7 +154,9 @@ def take_part(participant, profile, rng):
 @pytest.mark.django_db
 def test_a_counterbalanced_study_is_exported_and_analysed_with_its_planted_effect(media_root, tmp_path):
     study = complete_study(block1_patients=6, block2_cases=2, block1_design="counterbalanced")
-    profile = Profile(realness_bias_sd=0.0).with_realness_shift("proposed", 30)
+    # ratings of sd 10 around 50 and 80 stay clear of the scale's ends, so the planted 30 is the effect on the scale
+    quiet = {source: replace(behaviour, realness_sd=10.0) for source, behaviour in Profile().block1.items()}
+    profile = Profile(block1=quiet, realness_bias_sd=0.0).with_realness_shift("proposed", 30)
     rng = np.random.default_rng(0)
     for number in range(9):
         participant, _ = services.start_session(study, external_id=f"reader{number}")
@@ -169,7 +172,11 @@ def test_a_counterbalanced_study_is_exported_and_analysed_with_its_planted_effec
     document = json.loads((out / "analysis.json").read_text())
     assert document["n_participants"] == 9 and document["block1_design"] == "counterbalanced"
     primary = document["block1"]["realness_lmm"]["proposed_vs_baseline"]
-    assert primary["p"] < 0.01 and primary["ci95"][0] < 30 < primary["ci95"][1]
+    low, high = primary["ci95"]
+    # within three standard errors of the planted effect (a 95% interval alone misses it on one draw in twenty, and
+    # the draws differ between database backends, which return the sessions' rows in different orders)
+    standard_error = (high - low) / (2 * 1.96)
+    assert primary["p"] < 0.01 and low - standard_error < 30 < high + standard_error
     assert document["multiplicity"]["primary_endpoint"] == "block1.realness_lmm.proposed_vs_baseline"
     assert "Block-1 design: counterbalanced" in stdout.getvalue()
     assert "Block-1 design: counterbalanced." in (out / "report.html").read_text()
