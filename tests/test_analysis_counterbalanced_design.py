@@ -19,7 +19,7 @@ from analysis.report import build_document, render_html, summary_lines
 from analysis.simulate import Profile, answer_block1, new_reader, simulate_answers
 from studyplatform import services
 from studyplatform.models import Participant, Response, Stimulus
-from tests.factories import complete_study
+from tests.factories import complete_study, run_whole_session
 
 PATIENT_EFFECTS = Profile(patient_realness_sd=15.0)
 
@@ -131,24 +131,17 @@ def take_part(participant, profile, rng):
     """One reader of `profile` answers a whole session through the services (the pages' path)."""
     reader = new_reader(rng, profile)
     participant.refresh_from_db()
-    while True:
-        step = services.next_step(participant)
-        if step["state"] == "instructions":
-            services.begin_block(participant, step["block"])
-        elif step["state"] == "trial":
-            trial = next(t for t in participant.plan if t["id"] == step["trial"]["id"])
-            stimulus = Stimulus.objects.get(pk=trial["stimulus"])
-            answer = {"diagnosis": stimulus.condition, "rt_ms": 2000}
-            if trial["phase"] == "block1":
-                drawn = answer_block1(rng, profile, reader, stimulus.source, stimulus.condition)
-                answer = {key: drawn[key] for key in ("diagnosis", "realness", "reasons", "rt_ms")}
-                answer["slider_moved"] = True
-            elif trial["phase"] in ("pre", "post"):
-                answer["confidence"] = 4
-            services.submit_answer(participant, step["trial"]["id"], answer)
-        else:
-            return
-        participant.refresh_from_db()
+    plan = {trial["id"]: trial for trial in participant.plan}
+
+    def answer(shown):
+        trial = plan[shown["id"]]
+        stimulus = Stimulus.objects.get(pk=trial["stimulus"])
+        if trial["phase"] == "block1":
+            drawn = answer_block1(rng, profile, reader, stimulus.source, stimulus.condition)
+            return {**{key: drawn[key] for key in ("diagnosis", "realness", "reasons", "rt_ms")}, "slider_moved": True}
+        return {"diagnosis": stimulus.condition, "rt_ms": 2000, "confidence": 4}
+
+    run_whole_session(participant, answer)
 
 
 @pytest.mark.django_db

@@ -12,25 +12,38 @@ from tests.test_causal_lesion_branch import batch
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
-def latent_model(support=True):
-    """A test-32 model with a lesion branch, a 4-dim lesion code per disease and (by default) a rectified map; the
-    branch's output layer is randomised, as after training, so the code shapes what the branch draws."""
+def latent_model(support=True, code=4, channels=0, **fields):
+    """A test-32 model with a lesion branch, a 4-dim lesion code per disease (or `code` dimensions and a spatial code
+    of `channels` per grid position) and (by default) a rectified map; the branch's output layer and the posterior
+    heads are randomised, as after training, so the code shapes what the branch draws. `fields` set other preset
+    fields."""
     preset = get_preset("test-32")
     preset.lesion_blocks = 1
-    preset.lesion_latent = 4
+    preset.lesion_latent = code
+    preset.lesion_latent_map = channels
     preset.lesion_support = support
+    for name, value in fields.items():
+        setattr(preset, name, value)
     torch.manual_seed(0)
     model = CounterfactualModel(MIMIC_GRAPH, preset)
     model.parent_model.fit_standardisation(batch([0, 1, 2, 0, 1, 2])[1])
     with torch.no_grad():
         model.hvae.lesion_output.weight.normal_(0, 0.3)
         model.hvae.lesion_output.bias.fill_(-0.05)  # part of the map below zero: there the gate must cut it off
-        model.hvae.lesion_posterior[-1].weight.normal_(0, 0.3)
+        if code:
+            model.hvae.lesion_posterior[-1].weight.normal_(0, 0.3)
+        if channels:
+            model.hvae.lesion_map_posterior[-1].weight.normal_(0, 0.3)
     return model.eval()
 
 
-def test_a_healthy_images_lesion_posterior_is_the_prior_and_costs_no_kl():
-    hvae = latent_model().hvae
+# the vector code, and a spatial code alone
+CODES = pytest.mark.parametrize("code, channels", [(4, 0), (0, 2)], ids=["vector", "spatial"])
+
+
+@CODES
+def test_a_healthy_images_lesion_posterior_is_the_prior_and_costs_no_kl(code, channels):
+    hvae = latent_model(code=code, channels=channels).hvae
     x, pa = batch([0, 0, 1, 2])
     with torch.no_grad():
         mean, logstd = hvae.lesion_posterior_stats(hvae.encode(x), pa)
@@ -43,18 +56,21 @@ def test_a_healthy_images_lesion_posterior_is_the_prior_and_costs_no_kl():
     assert (kl[2:] > 0).all()
 
 
-def test_the_likelihood_of_a_healthy_image_does_not_depend_on_the_lesion_code():
-    hvae = latent_model().hvae
+@CODES
+def test_the_likelihood_of_a_healthy_image_does_not_depend_on_the_lesion_code(code, channels):
+    hvae = latent_model(code=code, channels=channels).hvae
     x, pa = batch([0, 0, 0])
     with torch.no_grad():
         latents = hvae.abduct(x, pa).latents
-        first = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(3, 2, 4))["mean"]
-        second = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(3, 2, 4))["mean"]
+        shape = (3, 2, hvae.lesion_latent_dim)
+        first = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(shape))["mean"]
+        second = hvae.decode(pa, latents=latents, lesion_latents=torch.randn(shape))["mean"]
     assert torch.equal(first, second)
 
 
-def test_an_addition_with_two_seeds_draws_two_different_lesions_and_a_seed_reproduces_its_lesion():
-    model = latent_model()
+@CODES
+def test_an_addition_with_two_seeds_draws_two_different_lesions_and_a_seed_reproduces_its_lesion(code, channels):
+    model = latent_model(code=code, channels=channels)
     x, pa = batch([0, 0, 0])
     with torch.no_grad():
 
