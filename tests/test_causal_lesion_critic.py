@@ -85,3 +85,57 @@ def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(monkeypatch
         assert torch.equal(tensor, actual["task"]["lesion_critic"]["critic"][name]), name
     for name, tensor in expected["hvae_ema"].items():
         assert torch.equal(tensor, actual["hvae_ema"][name]), name
+
+
+def elbo_critic_preset():
+    preset = critic_preset(weight=0.0)
+    preset.lesion_latent = 4
+    preset.lesion_support = True
+    preset.lesion_reads = "anatomy"
+    preset.elbo_lesion_critic_weight = 1.0
+    return preset
+
+
+def test_in_the_elbo_stage_additions_drawn_from_the_prior_code_are_judged_and_the_run_resumes_bit_identically(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setitem(PRESETS, "test-32", elbo_critic_preset())
+    splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
+    steps = {**STEPS, "hvae": 6}
+    config = RunConfig(preset="test-32", seed=4, steps=steps, checkpoint_every=2)
+    reference = train(config, splits, tmp_path / "reference")
+    history = reference["history"]["hvae"]
+    assert all("added_realism" in entry and "lesion_critic" in entry for entry in history)
+    assert any(entry["lesion_critic"] > 0 for entry in history)
+
+    with pytest.raises(Exception, match="stopped at hvae step 4"):
+        train(config, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 4))
+    resumed = train(config, splits, tmp_path / "resumed", resume=True)
+    expected = load_checkpoint(reference["checkpoints"]["hvae"])
+    actual = load_checkpoint(resumed["checkpoints"]["hvae"])
+    for name, tensor in expected["task"]["lesion_critic"]["critic"].items():
+        assert torch.equal(tensor, actual["task"]["lesion_critic"]["critic"][name]), name
+    for name, tensor in expected["hvae_ema"].items():
+        assert torch.equal(tensor, actual["hvae_ema"][name]), name
+
+
+def test_the_elbo_stage_critic_trains_only_the_lesion_branch_on_additions():
+    from generator.causal.counterfactual import CounterfactualModel
+    from generator.training.pipeline import HVAETask
+
+    preset = elbo_critic_preset()
+    torch.manual_seed(0)
+    model = CounterfactualModel(MIMIC_GRAPH, preset)
+    split = synthetic_split(8, 0)
+    task = HVAETask(model.hvae, preset, MIMIC_GRAPH, split, split, 0, "cpu")
+    pa = {name: values[:8] for name, values in split.pa.items()}
+    pa["disease"] = torch.tensor([0, 0, 0, 0, 1, 2, 1, 2])
+    out = model.hvae.elbo(split.x[:8], pa)
+    maps, pa_cf = task.prior_additions(out, pa)
+    assert (pa_cf["disease"][:4] != 0).all() and torch.equal(pa_cf["disease"][4:], pa["disease"][4:])
+    model.hvae.zero_grad(set_to_none=True)
+    task.added_lesions.realism(out["lesion"], pa, maps, pa_cf).backward()
+    # the branch's output layer starts at zero, so its own weights are the first to receive the critic's gradient
+    branch = sum(float(p.grad.abs().sum()) for p in model.hvae.lesion_output.parameters() if p.grad is not None)
+    trunk = sum(float(p.grad.abs().sum()) for p in model.hvae.decoder_blocks.parameters() if p.grad is not None)
+    assert branch > 0 and trunk == 0.0

@@ -109,9 +109,10 @@ class AddedLesionCritic(OptionalCritic):
     where the intervention gives an image a disease it did not have.
     """
 
-    def __init__(self, preset, graph, device):
+    def __init__(self, preset, graph, device, weight=None):
         self.node = preset.lesion_node
-        active = preset.lesion_blocks and preset.lesion_critic_weight > 0
+        weight = preset.lesion_critic_weight if weight is None else weight
+        active = preset.lesion_blocks and weight > 0
         super().__init__(active, lambda: LesionCritic(preset, graph), preset, device)
 
     def split(self, pa, pa_cf):

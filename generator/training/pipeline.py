@@ -23,6 +23,7 @@ from generator.data.graph import CONTINUOUS, CausalGraph
 from generator.training.budget import under_trained_stages
 from generator.training.checkpoint import atomic_save, code_version, load_checkpoint, read_manifest, record_stage
 from generator.training.counterfactual_stage import (
+    AddedLesionCritic,
     AnatomyCritic,
     CounterfactualTask,
     finetune_counterfactual,
@@ -233,6 +234,9 @@ class HVAETask(StageTask):
         self.train_set, self.valid_set, self.device = train_set, valid_set, device
         self.adversary = LatentAdversary(preset, graph).to(device)
         self.anatomy = AnatomyCritic(preset, graph, device)
+        self.added_lesions = AddedLesionCritic(
+            preset, graph, device, weight=preset.elbo_lesion_critic_weight if hvae.lesion_latent_dim else 0.0
+        )
         self.optimizer = torch.optim.AdamW(
             hvae.parameters(), lr=preset.lr, betas=preset.betas, weight_decay=preset.weight_decay
         )
@@ -247,10 +251,13 @@ class HVAETask(StageTask):
         free_energy = out["free_energy"].mean()
         confusion = self.adversary.confusion(out["latents"], pa)
         anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
+        added = self.prior_additions(out, pa)
+        realism = self.added_lesions.realism(out["lesion"], pa, *added) if added else torch.zeros((), device=x.device)
         (
             out["objective"].mean()
             + self.preset.independence_weight * confusion
             + self.preset.anatomy_weight * anatomy_confusion
+            + self.preset.elbo_lesion_critic_weight * realism
         ).backward()
         norm, applied = clipped_step(self.optimizer, self.hvae.parameters(), self.preset, step, self.preset.lr)
 
@@ -260,6 +267,7 @@ class HVAETask(StageTask):
         self.adversary_optimizer.step()
         self.adversary_optimizer.zero_grad(set_to_none=True)
         anatomy_adversary_loss = self.anatomy.train_step(out["anatomy"], pa)
+        critic_loss = self.added_lesions.train_step(out["lesion"], pa, *added) if added else 0.0
         if applied:
             self.ema.update(self.hvae)
         return {
@@ -271,6 +279,7 @@ class HVAETask(StageTask):
             "adversary": adversary_loss.item(),
             "anatomy_confusion": anatomy_confusion.item(),
             "anatomy_adversary": anatomy_adversary_loss,
+            **({"added_realism": realism.item(), "lesion_critic": critic_loss} if self.added_lesions.active else {}),
             "grad_norm": norm,
             "skipped": float(not applied),
         }
@@ -283,6 +292,7 @@ class HVAETask(StageTask):
             "optimizer": self.optimizer.state_dict(),
             "adversary_optimizer": self.adversary_optimizer.state_dict(),
             "anatomy": self.anatomy.state_dict(),
+            "lesion_critic": self.added_lesions.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
 
@@ -293,7 +303,25 @@ class HVAETask(StageTask):
         self.optimizer.load_state_dict(state["optimizer"])
         self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
         self.anatomy.load_state_dict(state.get("anatomy", {}))
+        self.added_lesions.load_state_dict(state.get("lesion_critic", {}))
         self.sampler.load_state_dict(state["sampler"])
+
+    def prior_additions(self, out, pa):
+        """(maps, parents) under an addition to every healthy image of the batch: a random disease class and a lesion
+        code drawn from the prior, on the trunk's output for that image (no gradient into the trunk); None when the
+        critic is off. Diseased images keep their own maps and parents, which the critic does not judge as added."""
+        if not self.added_lesions.active:
+            return None
+        node = self.preset.lesion_node
+        healthy = pa[node] == 0
+        classes = self.hvae.lesion_classes
+        drawn = torch.randint(1, classes + 1, pa[node].shape, device=pa[node].device)
+        pa_cf = dict(pa)
+        pa_cf[node] = torch.where(healthy, drawn.to(pa[node].dtype), pa[node])
+        abduction = out["abduction"]
+        codes = self.hvae.prior_lesion_latents(len(healthy), abduction.features.device)
+        maps = self.hvae.lesion(abduction.features.detach(), pa_cf, codes, abduction.anatomy)
+        return maps, pa_cf
 
     def evaluate(self):
         return {"valid_free_energy": measure_free_energy(self.ema.module, self.valid_set, self.preset, self.device)}

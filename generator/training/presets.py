@@ -94,6 +94,11 @@ class Preset:
     # with a lesion branch: weight of the lesion critic (generator.causal.hvae.LesionCritic) on the maps the branch
     # adds under an intervention, so additions look like the lesions it draws on real diseased images (0 = off)
     lesion_critic_weight: float = 0.0
+    # with a lesion branch and a lesion latent: weight of a lesion critic in the ELBO stage. Each healthy image of a
+    # batch also gets an addition drawn from the PRIOR lesion code (a random disease class), and the branch is
+    # trained to make those maps indistinguishable from the maps it draws for real lesions from their posterior codes:
+    # the likelihood only ever sees posterior codes, so without this nothing asks a prior draw to draw a whole lesion
+    elbo_lesion_critic_weight: float = 0.0
     # the run's final model is the checkpoint (ELBO stage or counterfactual stage) whose counterfactuals score best
     # on the validation split (generator.training.selection), not simply the last one
     select_final: bool = False
