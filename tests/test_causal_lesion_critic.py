@@ -68,23 +68,28 @@ def test_only_intervened_additions_are_judged_and_only_against_real_diseased_ima
     assert off.realism(lesion, pa, lesion, pa_cf).item() == 0.0 and off.state_dict() == {}
 
 
-def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(monkeypatch, tmp_path):
-    monkeypatch.setitem(PRESETS, "test-32", critic_preset())
+def run_and_resume(stage, tmp_path):
+    """Train test-32 (the preset the test installed) with 6 steps of `stage`, and again interrupted at its step 4 and
+    resumed; check that the critic and the EMA weights of both runs are identical. Returns the stage's history."""
     splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
-    steps = {**STEPS, "counterfactual": 6}
-    config = RunConfig(preset="test-32", seed=4, steps=steps, checkpoint_every=2)
+    config = RunConfig(preset="test-32", seed=4, steps={**STEPS, stage: 6}, checkpoint_every=2)
     reference = train(config, splits, tmp_path / "reference")
-    assert any(entry["lesion_critic"] > 0 for entry in reference["history"]["counterfactual"][-1:])
-
-    with pytest.raises(Exception, match="stopped at counterfactual step 4"):
-        train(config, splits, tmp_path / "resumed", progress=interrupt_at("counterfactual", 4))
+    with pytest.raises(Exception, match=f"stopped at {stage} step 4"):
+        train(config, splits, tmp_path / "resumed", progress=interrupt_at(stage, 4))
     resumed = train(config, splits, tmp_path / "resumed", resume=True)
-    expected = load_checkpoint(reference["checkpoints"]["counterfactual"])
-    actual = load_checkpoint(resumed["checkpoints"]["counterfactual"])
+    expected = load_checkpoint(reference["checkpoints"][stage])
+    actual = load_checkpoint(resumed["checkpoints"][stage])
     for name, tensor in expected["task"]["lesion_critic"]["critic"].items():
         assert torch.equal(tensor, actual["task"]["lesion_critic"]["critic"][name]), name
     for name, tensor in expected["hvae_ema"].items():
         assert torch.equal(tensor, actual["hvae_ema"][name]), name
+    return reference["history"][stage]
+
+
+def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(monkeypatch, tmp_path):
+    monkeypatch.setitem(PRESETS, "test-32", critic_preset())
+    history = run_and_resume("counterfactual", tmp_path)
+    assert any(entry["lesion_critic"] > 0 for entry in history[-1:])
 
 
 def elbo_critic_preset():
@@ -100,23 +105,9 @@ def test_in_the_elbo_stage_additions_drawn_from_the_prior_code_are_judged_and_th
     monkeypatch, tmp_path
 ):
     monkeypatch.setitem(PRESETS, "test-32", elbo_critic_preset())
-    splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
-    steps = {**STEPS, "hvae": 6}
-    config = RunConfig(preset="test-32", seed=4, steps=steps, checkpoint_every=2)
-    reference = train(config, splits, tmp_path / "reference")
-    history = reference["history"]["hvae"]
+    history = run_and_resume("hvae", tmp_path)
     assert all("added_realism" in entry and "lesion_critic" in entry for entry in history)
     assert any(entry["lesion_critic"] > 0 for entry in history)
-
-    with pytest.raises(Exception, match="stopped at hvae step 4"):
-        train(config, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 4))
-    resumed = train(config, splits, tmp_path / "resumed", resume=True)
-    expected = load_checkpoint(reference["checkpoints"]["hvae"])
-    actual = load_checkpoint(resumed["checkpoints"]["hvae"])
-    for name, tensor in expected["task"]["lesion_critic"]["critic"].items():
-        assert torch.equal(tensor, actual["task"]["lesion_critic"]["critic"][name]), name
-    for name, tensor in expected["hvae_ema"].items():
-        assert torch.equal(tensor, actual["hvae_ema"][name]), name
 
 
 def test_the_elbo_stage_critic_trains_only_the_lesion_branch_on_additions():
