@@ -14,7 +14,6 @@ Environment:
 
 import json
 import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_load import production_settings  # noqa: E402
+
 PARTICIPANTS = int(os.environ.get("BENCH_ANSWER_PARTICIPANTS", "20"))
 ROUNDS = int(os.environ.get("BENCH_ANSWER_ROUNDS", "400"))
 TARGET_RATIO = 3.0
@@ -33,21 +34,8 @@ TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK", "C
 
 
 def configure(folder):
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "studyplatform.settings",
-            "DJANGO_DEBUG": "0",
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
-            "DJANGO_SECURE_SSL_REDIRECT": "0",
-            "DJANGO_ALLOWED_HOSTS": "testserver",
-            "VAR_DIR": str(folder),
-            "MEDIA_ROOT": str(folder / "media"),
-            "STATIC_ROOT": str(folder / "static"),
-            "DATABASE_URL": f"sqlite:///{folder / 'bench.sqlite3'}",
-            "LOG_LEVEL": "WARNING",
-            "CELERY_BROKER_URL": "filesystem://",
-        }
-    )
+    os.environ.update(production_settings(folder, "testserver"))
+    os.environ["DATABASE_URL"] = f"sqlite:///{folder / 'bench.sqlite3'}"
     import django
 
     django.setup()

@@ -55,20 +55,25 @@ def postgres_admin(statement):
         connection.execute(statement)
 
 
-def prepare_environment(backend, folder):
-    env = {
-        **os.environ,
+def production_settings(folder, allowed_hosts):
+    """Environment variables for the production settings (no debug, a fresh secret key, no HTTPS redirect) with every
+    file of the run under `folder`; the benchmarks add the database."""
+    return {
         "DJANGO_SETTINGS_MODULE": "studyplatform.settings",
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
         "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_ALLOWED_HOSTS": allowed_hosts,
         "VAR_DIR": str(folder),
         "MEDIA_ROOT": str(folder / "media"),
         "STATIC_ROOT": str(folder / "static"),
         "LOG_LEVEL": "WARNING",
         "CELERY_BROKER_URL": "filesystem://",
     }
+
+
+def prepare_environment(backend, folder):
+    env = {**os.environ, **production_settings(folder, "127.0.0.1,localhost")}
     database = None
     if backend == "sqlite":
         env["DATABASE_URL"] = f"sqlite:///{folder / 'bench.sqlite3'}"
