@@ -1092,6 +1092,21 @@ def invite_session(invite):
     return Participant.objects.filter(invite=invite).select_related("study").first()
 
 
+def session_plan(study, seed, participant_index):
+    """The trial plan and Block-2 model assignment of the study's participant number `participant_index` whose
+    session drew `seed` (stored with the participant, so a plan can be rebuilt from it)."""
+    return counterbalance.build_plan(
+        seed=seed,
+        participant_index=participant_index,
+        block1_cases=_block1_inputs(study),
+        block1_design=study.block1_design,
+        block1_conditions=_block1_conditions(study),
+        block2_cases=_block2_inputs(study),
+        realness_range=(study.realness_min, study.realness_max),
+        attention_checks=study.attention_checks or (),
+    )
+
+
 def start_session(study, *, client=None, **entry):
     """Start the session of a participant who consented, or let them resume theirs. Returns (participant, created).
 
@@ -1159,16 +1174,7 @@ def _start_session(
     study.participant_counter += 1
     study.save(update_fields=["participant_counter"])
     seed = counterbalance.new_seed()
-    plan, assignment = counterbalance.build_plan(
-        seed=seed,
-        participant_index=study.participant_counter,
-        block1_cases=_block1_inputs(study),
-        block1_design=study.block1_design,
-        block1_conditions=_block1_conditions(study),
-        block2_cases=_block2_inputs(study),
-        realness_range=(study.realness_min, study.realness_max),
-        attention_checks=study.attention_checks or (),
-    )
+    plan, assignment = session_plan(study, seed, study.participant_counter)
     now = timezone.now()
     participant = Participant.objects.create(
         study=study,

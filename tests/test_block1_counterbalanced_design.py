@@ -148,15 +148,7 @@ def test_sessions_show_each_patient_once_and_balance_sources_across_participants
     first = participants[0]
     for trial in block1_trials(first):
         assert first.study.cases.get(label=trial["case"]).stimuli.get(pk=trial["stimulus"]).source == trial["source"]
-    plan, _ = counterbalance.build_plan(
-        seed=first.seed,
-        participant_index=first.index,
-        block1_cases=services._block1_inputs(study),
-        block2_cases=services._block2_inputs(study),
-        realness_range=(1, 100),
-        block1_design="counterbalanced",
-        block1_conditions=services._block1_conditions(study),
-    )
+    plan, _ = services.session_plan(study, first.seed, first.index)
     assert [{k: v for k, v in t.items() if k != "id"} for t in plan] == [
         {k: v for k, v in t.items() if k != "id"} for t in first.plan
     ]

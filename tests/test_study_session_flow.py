@@ -48,13 +48,7 @@ def test_spread_order_refuses_an_impossible_set():
 
 
 def test_the_stored_seed_reproduces_the_stored_order(participant, open_study):
-    plan, assignment = counterbalance.build_plan(
-        seed=participant.seed,
-        participant_index=participant.index,
-        block1_cases=services._block1_inputs(open_study),
-        block2_cases=services._block2_inputs(open_study),
-        realness_range=(1, 100),
-    )
+    plan, assignment = services.session_plan(open_study, participant.seed, participant.index)
     strip = [{k: v for k, v in t.items() if k != "id"} for t in plan]
     assert strip == [{k: v for k, v in t.items() if k != "id"} for t in participant.plan]
     assert assignment == participant.cf_assignment
