@@ -69,6 +69,18 @@ def prepared_demo(tmp_path_factory):
     return var_dir
 
 
+def run_demo(var_dir, *arguments):
+    """`manage.py demo --quick` with `arguments`, run to its end (these runs are expected to stop early)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "demo", "--quick", *arguments],
+        cwd=ROOT,
+        env=demo_env(var_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def start_demo(var_dir, port, *extra, **env):
     return subprocess.Popen(
         [sys.executable, "manage.py", "demo", "--quick", "--serve-only", "--port", str(port), *extra],
@@ -149,14 +161,7 @@ def test_a_stop_signal_ends_the_web_server_and_the_worker_and_frees_the_port(pre
 def test_a_busy_port_stops_the_demo_before_it_prepares_anything(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "manage.py", "demo", "--quick", "--port", str(port)],
-            cwd=ROOT,
-            env=demo_env(tmp_path / "var"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_demo(tmp_path / "var", "--port", str(port))
     assert done.returncode != 0
     assert f"cannot serve on 127.0.0.1:{port}" in done.stderr
     assert "PORT=" in done.stderr
@@ -180,14 +185,7 @@ def test_a_worker_that_cannot_start_stops_the_demo_with_an_error_and_the_web_ser
 
 
 def test_serve_only_without_a_prepared_demo_says_what_to_run(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "manage.py", "demo", "--quick", "--serve-only", "--port", str(free_port())],
-        cwd=ROOT,
-        env=demo_env(tmp_path / "var"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_demo(tmp_path / "var", "--serve-only", "--port", str(free_port()))
     assert done.returncode != 0
     assert "run `make demo-quick` once first" in done.stderr
     assert "Participant link" not in done.stdout
