@@ -11,6 +11,8 @@ observational free energy stays at the pretrained model's level.
 - `extra_loss(model, x, pa, cf, do)` is added to the objective (the expert constraint of the proposed model).
 """
 
+import copy
+
 import torch
 
 from generator.causal.counterfactual import Counterfactual
@@ -142,8 +144,12 @@ class AddedLesionCritic(OptionalCritic):
         )
 
 
-def branch_parameters(hvae):
+LESION_POSTERIOR_HEADS = ("lesion_posterior.", "lesion_map_posterior.")
+
+
+def branch_parameters(hvae, posterior=True):
     """The lesion branch's parameters: what counterfactual training changes when the preset says `cf_branch_only`.
+    Without `posterior`, the heads of q(z_L | x) are left out: the codes the image's lesions are abducted to stay put.
 
     After the ELBO stage the trunk draws a lesion-free anatomy (the anatomy adversary) and the branch draws the
     lesion, so a removal is already right. Were the trunk trained further against the predictors, it could team up
@@ -151,7 +157,11 @@ def branch_parameters(hvae):
     additions into bright marks a classifier accepts. With the trunk, encoder and latents fixed, the ELBO constraint
     pins the branch's drawing on every diseased image, and the only freedom left is what it adds to a healthy one.
     """
-    return [p for name, p in hvae.named_parameters() if name.startswith("lesion_")]
+    return [
+        p
+        for name, p in hvae.named_parameters()
+        if name.startswith("lesion_") and (posterior or not name.startswith(LESION_POSTERIOR_HEADS))
+    ]
 
 
 def random_intervention(pa, targets):
@@ -159,6 +169,13 @@ def random_intervention(pa, targets):
     name = targets[int(torch.randint(len(targets), ()))]
     permutation = torch.randperm(pa[name].shape[0])
     return {name: pa[name][permutation.to(pa[name].device)]}
+
+
+def addition_intervention(pa, node, cardinality):
+    """do(node := a class drawn uniformly from 1..cardinality-1) for every image in class 0; the others keep theirs."""
+    values = pa[node]
+    drawn = torch.randint(1, cardinality, values.shape, device=values.device, dtype=values.dtype)
+    return {node: torch.where(values == 0, drawn, values)}
 
 
 class CounterfactualTask(StageTask):
@@ -194,7 +211,14 @@ class CounterfactualTask(StageTask):
         self.branch_only = bool(preset.lesion_blocks and preset.cf_branch_only)
         if self.branch_only:
             self.targets = [preset.lesion_node]
-        self.trained = branch_parameters(self.hvae) if self.branch_only else list(self.hvae.parameters())
+        # "additions": only healthy images are intervened on, and the lesion posterior stays fixed (see the preset)
+        self.additions_only = preset.cf_interventions == "additions"
+        if self.additions_only and not self.branch_only:
+            raise ValueError("cf_interventions='additions' needs a lesion branch trained alone (cf_branch_only)")
+        if self.branch_only:
+            self.trained = branch_parameters(self.hvae, posterior=not self.additions_only)
+        else:
+            self.trained = list(self.hvae.parameters())
         trained = {id(p) for p in self.trained}
         for p in self.hvae.parameters():
             p.requires_grad_(id(p) in trained)
@@ -206,6 +230,10 @@ class CounterfactualTask(StageTask):
         self.anatomy = anatomy or AnatomyCritic(preset, self.graph, device)
         self.lesion_critic = AddedLesionCritic(preset, self.graph, device)
         self.ema = EMA(self.hvae, preset.ema_rate)
+        # the model as the stage found it (before any resumed state is loaded): the removal anchor's reference
+        self.reference = None
+        if preset.lesion_blocks and preset.cf_removal_anchor > 0:
+            self.reference = copy.deepcopy(self.hvae).eval().requires_grad_(False)
         self.sampler = BatchSampler(len(train_set.x), preset.batch_size, seed)
         self.lagrange = torch.tensor(float(preset.lagrange_init))
 
@@ -219,12 +247,25 @@ class CounterfactualTask(StageTask):
         # the counterfactual is made from the same posterior draw of the latents the ELBO term scores: from the
         # posterior means instead, the branch could tell the two inputs apart (means vary less than draws) and draw
         # one thing where the likelihood looks and another where only the predictors do
-        do = random_intervention(pa, self.targets)
+        node = preset.lesion_node
+        if self.additions_only:
+            do = addition_intervention(pa, node, self.graph[node].cardinality)
+        else:
+            do = random_intervention(pa, self.targets)
         pa_cf = self.model.parent_model.counterfactual(pa, do)
         x_cf, lesion_cf = self.hvae.predict(out["abduction"], pa_cf, with_lesion=True)
         cf = Counterfactual(x_cf=x_cf, pa_cf=pa_cf, effect=x_cf - x, uncertainty=torch.zeros_like(x_cf))
-        changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
-        counterfactual_loss = -sum(v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values())
+        if self.additions_only:
+            # the predictors judge the added lesions only; an image left as it was carries no counterfactual signal
+            added = (pa_cf[node] != pa[node]).to(x.dtype)
+            log_prob = self.predictors.log_prob(cf.x_cf, cf.pa_cf, [node])[node]
+            counterfactual_loss = -(log_prob * added).sum() / added.sum().clamp(min=1.0)
+        else:
+            changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
+            counterfactual_loss = -sum(
+                v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values()
+            )
+        anchor = self.removal_anchor(out, pa)
 
         gap = free_energy - self.constraint
         multiplier = (self.lagrange + preset.lagrange_damping * gap.detach()).clamp(min=0.0)
@@ -239,6 +280,7 @@ class CounterfactualTask(StageTask):
             + preset.anatomy_weight * anatomy_confusion
             + preset.effect_penalty * effect_size
             + preset.lesion_critic_weight * realism
+            + preset.cf_removal_anchor * anchor
         )
         extra = torch.zeros(())
         if self.extra_loss is not None:
@@ -269,8 +311,22 @@ class CounterfactualTask(StageTask):
             "lesion_realism": realism.item(),
             "lesion_critic": critic_loss,
             "effect": effect_size.item(),
+            "removal_anchor": anchor.item(),
             "grad_norm": norm,
         }
+
+    def removal_anchor(self, out, pa):
+        """Mean |map - reference map| over the batch's diseased images, both drawn from the same abducted codes and
+        trunk output: how far the branch has moved from drawing the lesions the ELBO stage fitted (0 when off)."""
+        if self.reference is None:
+            return torch.zeros((), device=out["free_energy"].device)
+        diseased = pa[self.preset.lesion_node] != 0
+        if not diseased.any():
+            return torch.zeros((), device=out["lesion"].device)
+        abduction = out["abduction"]
+        with torch.no_grad():
+            reference = self.reference.lesion(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)
+        return (out["lesion"] - reference).abs()[diseased].mean()
 
     def state_dict(self):
         return {

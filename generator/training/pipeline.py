@@ -9,6 +9,7 @@ the seed, the graph and the code version.
     model = load_model(summary["checkpoint"])
 """
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -147,23 +148,38 @@ class ParentsTask(StageTask):
 
 
 class PredictorsTask(StageTask):
-    """Anti-causal predictors q(pa_k | x) on augmented real images."""
+    """Anti-causal predictors q(pa_k | x) on augmented real images.
+
+    The learning rate falls from `predictor_lr` to zero along a cosine over the planned `steps`. At a constant rate the
+    small batches and batch normalisation leave the end of the stage at the mercy of its last few steps: on phantoms
+    (`cpu-64`, 800 steps) the disease accuracy on validation swung between 0.65 and 0.99 within the last five steps,
+    and counterfactual training then learned to convince a judge that was barely better than the class frequencies.
+    """
 
     name = "predictors"
 
-    def __init__(self, predictors, preset, train_set, valid_set, seed, device):
+    def __init__(self, predictors, preset, train_set, valid_set, seed, device, steps=None):
         self.predictors, self.preset = predictors, preset
         self.train_set, self.valid_set, self.device = train_set, valid_set, device
+        self.steps = steps
         self.optimizer = torch.optim.AdamW(predictors.parameters(), lr=preset.predictor_lr, weight_decay=1e-4)
         self.sampler = BatchSampler(len(train_set.x), preset.batch_size, seed)
 
+    def learning_rate(self, step):
+        if not self.steps:
+            return self.preset.predictor_lr
+        return self.preset.predictor_lr * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps))
+
     def step(self, step):
+        lr = self.learning_rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         x, pa = take(self.train_set, self.sampler.next(), self.device)
         loss = self.predictors.loss(augment(x, self.preset), pa)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "lr": lr}
 
     def state_dict(self):
         return {
@@ -380,7 +396,8 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
             model.parent_model.fit_standardisation(train_set.pa)
             task = ParentsTask(model.parent_model, preset, train_set, valid_set, stage_seed, device)
         elif stage == "predictors":
-            task = PredictorsTask(predictors, preset, train_set, valid_set, stage_seed, device)
+            steps = config.stage_steps(preset, stage)
+            task = PredictorsTask(predictors, preset, train_set, valid_set, stage_seed, device, steps=steps)
         elif stage == "hvae":
             task = HVAETask(model.hvae, preset, graph, train_set, valid_set, stage_seed, device)
         else:

@@ -94,6 +94,16 @@ class Preset:
     # with a lesion branch: weight of the lesion critic (generator.causal.hvae.LesionCritic) on the maps the branch
     # adds under an intervention, so additions look like the lesions it draws on real diseased images (0 = off)
     lesion_critic_weight: float = 0.0
+    # which interventions counterfactual training asks the predictors to judge. "marginal" (the paper): a random parent
+    # takes a value drawn from its marginal, so removals, additions and swaps alike. "additions" (needs
+    # `cf_branch_only`): only healthy images are intervened on, each given a disease class drawn uniformly, and the
+    # branch's lesion posterior stays as the ELBO stage left it. A removal subtracts the lesion abducted from the
+    # image, which the likelihood has already fitted; only an addition, drawn from the prior code, needs the predictors
+    cf_interventions: str = "marginal"
+    # weight of mean|lesion map - the ELBO-stage model's map| on the diseased images of each counterfactual-training
+    # batch (same abducted codes and features): holds the branch's drawing of real lesions, and with it every removal,
+    # where the stage starts, while it learns what to add (0 = off; the free-energy constraint alone then holds it)
+    cf_removal_anchor: float = 0.0
     # with a lesion branch and a lesion latent: weight of a lesion critic in the ELBO stage. Each healthy image of a
     # batch also gets an addition drawn from the PRIOR lesion code (a random disease class), and the branch is
     # trained to make those maps indistinguishable from the maps it draws for real lesions from their posterior codes:
@@ -124,6 +134,8 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: resolutions must run from 1 to {self.resolution}")
         if self.lesion_reads not in ("features", "anatomy"):
             raise ValueError(f"preset {self.name!r}: lesion_reads must be 'features' or 'anatomy'")
+        if self.cf_interventions not in ("marginal", "additions"):
+            raise ValueError(f"preset {self.name!r}: cf_interventions must be 'marginal' or 'additions'")
         if list(self.resolutions) != sorted(set(self.resolutions)):
             raise ValueError(f"preset {self.name!r}: resolutions must be strictly increasing")
         missing = set(self.latent_resolutions) - set(self.resolutions)
