@@ -262,9 +262,7 @@ class CounterfactualTask(StageTask):
             counterfactual_loss = -(log_prob * added).sum() / added.sum().clamp(min=1.0)
         else:
             changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
-            counterfactual_loss = -sum(
-                v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values()
-            )
+            counterfactual_loss = -sum(v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values())
         anchor = self.removal_anchor(out, pa)
 
         gap = free_energy - self.constraint
