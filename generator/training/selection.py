@@ -62,6 +62,9 @@ def train_judge(dataset, node, seed, steps=JUDGE_STEPS, width=16, batch_size=32)
     torch.manual_seed(seed)
     judge = ParentPredictors(dataset.graph, dataset.x.shape[-1], width)
     optimizer = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    # decayed to zero, as the anti-causal predictors are: at a constant rate the judge's end state swings with its last
+    # few batches (generator.training.pipeline.PredictorsTask)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     labels = dataset.pa[node].long()
     for _ in range(steps):
         index = torch.randint(0, len(labels), (min(batch_size, len(labels)),))
@@ -69,6 +72,7 @@ def train_judge(dataset, node, seed, steps=JUDGE_STEPS, width=16, batch_size=32)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     return judge.eval()
 
 
