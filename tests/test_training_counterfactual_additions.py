@@ -95,3 +95,9 @@ def test_a_run_on_additions_with_the_anchor_keeps_the_posterior_and_resumes_bit_
     moved = {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
     assert moved and all(name.startswith("lesion_") for name in moved)
     assert not any(name.startswith(POSTERIOR_HEADS) for name in moved)
+
+
+def test_cpu64_judges_additions_with_the_removal_anchored_and_paper192_keeps_the_papers_objective():
+    demo, paper = get_preset("cpu-64"), get_preset("paper-192")
+    assert demo.cf_interventions == "additions" and demo.cf_removal_anchor > 0 and demo.elbo_lesion_critic_weight > 0
+    assert paper.cf_interventions == "marginal" and paper.cf_removal_anchor == 0

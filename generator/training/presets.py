@@ -182,7 +182,9 @@ PRESETS = {
     # The demo: trains on two CPU cores within about fifteen minutes. Latents only at 1, 4 and 8 px; the 16-64 px
     # path is deterministic and driven by the parents, which therefore have to draw the lesion. No blocks at 64 px:
     # the network folds 2x2 pixel patches into channels and runs at 32 px. The disease enters a rectified lesion
-    # branch with its own 16-dim lesion code per disease; the final model is chosen on validation counterfactuals.
+    # branch with its own 16-dim lesion code per disease; in the ELBO stage a lesion critic asks additions drawn from
+    # the prior code to look like the lesions the branch draws; counterfactual training judges additions only, with
+    # the branch's drawing of real lesions anchored; the final model is chosen on validation counterfactuals.
     "cpu-64": Preset(
         name="cpu-64",
         resolution=64,
@@ -198,6 +200,9 @@ PRESETS = {
         lesion_support=True,
         lesion_free_bits=4.0,
         lesion_sparsity=1.0,
+        elbo_lesion_critic_weight=0.1,
+        cf_interventions="additions",
+        cf_removal_anchor=100.0,
         select_final=True,
         lr=2e-3,
         weight_decay=0.01,
