@@ -122,8 +122,13 @@ def wait_for_children(demo, timeout=120):
     """The demo's processes once the worker has started its pool: the web server, the worker and its pool child."""
     deadline = time.monotonic() + timeout
     while True:
-        children = psutil.Process(demo.pid).children(recursive=True)
-        commands = [" ".join(child.cmdline()) for child in children]
+        children, commands = [], []
+        for child in psutil.Process(demo.pid).children(recursive=True):
+            try:  # a short-lived helper may have exited (a zombie until reaped) between the listing and the read
+                commands.append(" ".join(child.cmdline()))
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+            children.append(child)
         if sum("celery" in command for command in commands) >= 2 or time.monotonic() > deadline:
             assert sum("celery" in command for command in commands) >= 2, commands
             return children
