@@ -6,6 +6,8 @@ observational free energy stays at the pretrained model's level.
 - L_CT (Eq. 8): a random parent k per batch gets a value drawn from its marginal (a permutation of the batch's own
   values, i.e. the empirical marginal); the counterfactual is made with the model's own abduction-action-prediction
   and the frozen anti-causal predictors score the intervened parent and every descendant that changed with it.
+  With the preset's `cf_interventions="additions"` only healthy images are intervened on (a disease drawn for each)
+  and only those additions are scored; `cf_removal_anchor` holds the branch's drawing of real lesions.
 - c: the free energy of the pretrained model on the validation split (measured, plus a small relative slack).
 - the latent adversary keeps working, so the latents stay independent of the parents during this stage as well.
 - `extra_loss(model, x, pa, cf, do)` is added to the objective (the expert constraint of the proposed model).

@@ -100,9 +100,10 @@ class Preset:
     # branch's lesion posterior stays as the ELBO stage left it. A removal subtracts the lesion abducted from the
     # image, which the likelihood has already fitted; only an addition, drawn from the prior code, needs the predictors
     cf_interventions: str = "marginal"
-    # weight of mean|lesion map - the ELBO-stage model's map| on the diseased images of each counterfactual-training
-    # batch (same abducted codes and features): holds the branch's drawing of real lesions, and with it every removal,
-    # where the stage starts, while it learns what to add (0 = off; the free-energy constraint alone then holds it)
+    # weight of mean|lesion map - map of the model the stage started from| on the diseased images of each
+    # counterfactual-training batch (same abducted codes and features): holds the branch's drawing of real lesions,
+    # and with it every removal, where it was while the stage learns what to add (0 = off; the free-energy constraint
+    # alone then holds it)
     cf_removal_anchor: float = 0.0
     # with a lesion branch and a lesion latent: weight of a lesion critic in the ELBO stage. Each healthy image of a
     # batch also gets an addition drawn from the PRIOR lesion code (a random disease class), and the branch is
