@@ -85,3 +85,21 @@ def test_expert_al_run_writes_one_loadable_checkpoint_per_round_and_resumes(spli
 
     resumed = run_proposed(config, splits, tmp_path, resume=True, expert_weights=None, al_settings=settings)
     assert resumed["active_learning"]["rounds"] == json.loads(json.dumps(report["rounds"]))
+
+
+def test_active_learning_starts_from_the_elbo_stage_model_when_the_run_chose_it(splits, tmp_path):
+    """select_final may choose hvae.pt, which holds no predictors, adversary or constraint: those come from the run's
+    counterfactual checkpoint, and the rounds fine-tune the chosen model."""
+    config = RunConfig(preset="test-32", variant="expert", steps=TINY_STEPS, seed=3)
+    summary = run_proposed(config, splits, tmp_path, expert_weights=None)
+    hvae_checkpoint = summary["checkpoints"]["hvae"]
+    settings = ActiveLearningSettings.from_config(
+        RunConfig(preset="test-32", variant="expert-al", al_rounds=1, al_fraction=0.1),
+        finetune_steps=2,
+        proxy_epochs=1,
+        proxy_batch_size=32,
+    )
+    report = proposed.run_active_learning(hvae_checkpoint, splits, tmp_path / "al", None, settings)
+    assert list(report["checkpoints"]) == ["round-1"]
+    model = pipeline.load_model(report["checkpoints"]["round-1"], device="cpu")
+    assert model.preset.name == "test-32"

@@ -177,11 +177,16 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
     base_state = load_checkpoint(base_checkpoint)
     meta = base_state["meta"]
     model = pipeline.load_model(base_checkpoint, device)
-    predictors = pipeline.load_predictors(base_checkpoint, device)
+    # The predictors, the latent adversary and the measured ELBO constraint live in the run's counterfactual
+    # checkpoint, also when the model the run chose as final (select_final) is the ELBO-stage one.
+    training_checkpoint = Path(base_checkpoint).with_name("counterfactual.pt")
+    same = Path(base_checkpoint) == training_checkpoint
+    training_state = base_state if same else load_checkpoint(training_checkpoint)
+    predictors = pipeline.load_predictors(training_checkpoint, device)
     adversary = LatentAdversary(model.preset, model.graph).to(device)
-    adversary.load_state_dict(base_state["adversary"])
+    adversary.load_state_dict(training_state["adversary"])
     # The base run's measured ELBO constraint stays the constraint of every round.
-    constraint = base_state["task"]["constraint"]
+    constraint = training_state["task"]["constraint"]
     real_set, valid_set = splits["train"], splits["valid"]
 
     started = time.monotonic()
