@@ -7,14 +7,12 @@ from generator.causal.counterfactual import CounterfactualModel
 from generator.causal.predictors import ParentPredictors
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import load_checkpoint
-from generator.training.counterfactual_stage import CounterfactualTask, addition_intervention
+from generator.training.counterfactual_stage import LESION_POSTERIOR_HEADS, CounterfactualTask, addition_intervention
 from generator.training.presets import PRESETS, get_preset
 from tests.test_causal_lesion_critic import run_and_resume
 from tests.test_training_resume import synthetic_split
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
-
-POSTERIOR_HEADS = ("lesion_posterior.", "lesion_map_posterior.")
 
 
 def additions_preset(anchor=1.0, interventions="additions"):
@@ -52,7 +50,7 @@ def test_additions_train_the_branch_but_not_its_posterior_and_the_anchor_pulls_b
     model, task = make_task(additions_preset(), split)
     trained = {id(p) for p in task.trained}
     for name, p in model.hvae.named_parameters():
-        expected = name.startswith("lesion_") and not name.startswith(POSTERIOR_HEADS)
+        expected = name.startswith("lesion_") and not name.startswith(LESION_POSTERIOR_HEADS)
         assert (id(p) in trained) == expected, name
 
     x, pa = split.x, dict(split.pa)
@@ -94,7 +92,7 @@ def test_a_run_on_additions_with_the_anchor_keeps_the_posterior_and_resumes_bit_
     after = load_checkpoint(tmp_path / "reference" / "counterfactual.pt")["hvae_ema"]
     moved = {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
     assert moved and all(name.startswith("lesion_") for name in moved)
-    assert not any(name.startswith(POSTERIOR_HEADS) for name in moved)
+    assert not any(name.startswith(LESION_POSTERIOR_HEADS) for name in moved)
 
 
 def test_cpu64_judges_additions_with_the_removal_anchored_and_paper192_keeps_the_papers_objective():

@@ -318,11 +318,8 @@ class CounterfactualTask(StageTask):
     def removal_anchor(self, out, pa):
         """Mean |map - reference map| over the batch's diseased images, both drawn from the same abducted codes and
         trunk output: how far the branch has moved from drawing the lesions the ELBO stage fitted (0 when off)."""
-        if self.reference is None:
+        if self.reference is None or not (diseased := pa[self.preset.lesion_node] != 0).any():
             return torch.zeros((), device=out["free_energy"].device)
-        diseased = pa[self.preset.lesion_node] != 0
-        if not diseased.any():
-            return torch.zeros((), device=out["lesion"].device)
         abduction = out["abduction"]
         with torch.no_grad():
             reference = self.reference.lesion(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)

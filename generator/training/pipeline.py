@@ -27,6 +27,7 @@ from generator.training.counterfactual_stage import (
     AddedLesionCritic,
     AnatomyCritic,
     CounterfactualTask,
+    addition_intervention,
     finetune_counterfactual,
     measure_free_energy,
 )
@@ -329,13 +330,9 @@ class HVAETask(StageTask):
         if not self.added_lesions.active:
             return None
         node = self.preset.lesion_node
-        healthy = pa[node] == 0
-        classes = self.hvae.lesion_classes
-        drawn = torch.randint(1, classes + 1, pa[node].shape, device=pa[node].device)
-        pa_cf = dict(pa)
-        pa_cf[node] = torch.where(healthy, drawn.to(pa[node].dtype), pa[node])
+        pa_cf = {**pa, **addition_intervention(pa, node, self.hvae.lesion_classes + 1)}
         abduction = out["abduction"]
-        codes = self.hvae.prior_lesion_latents(len(healthy), abduction.features.device)
+        codes = self.hvae.prior_lesion_latents(len(pa[node]), abduction.features.device)
         maps = self.hvae.lesion(abduction.features.detach(), pa_cf, codes, abduction.anatomy)
         return maps, pa_cf
 
