@@ -9,7 +9,7 @@ TRAIN_ENV := $(if $(wildcard $(JEMALLOC)),LD_PRELOAD=$(JEMALLOC),)
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install demo demo-quick serve worker test test-sqlite test-pg lint format bench migrate
+.PHONY: install demo demo-quick serve worker test test-fast test-sqlite test-pg lint format bench migrate
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,11 @@ test: install lint test-sqlite test-pg
 
 test-sqlite: install
 	$(TRAIN_ENV) $(PY) -m pytest
+
+# Quick local iteration on SQLite: everything but the tests marked slow (faults, fuzzing, load, the demo chain).
+# `make test` and CI still run them all.
+test-fast: install
+	$(TRAIN_ENV) $(PY) -m pytest -m "not slow"
 
 # The deployment path: PostgreSQL and a real Celery worker on Redis. Neural-network and browser tests do not touch
 # the database layer and ran in the SQLite pass. Set REQUIRE_PG=1 (CI does) to fail when the servers are missing.

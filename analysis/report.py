@@ -1,23 +1,25 @@
 """Writing the analysis out: analysis.json, CSV tables, PNG figures and one self-contained report.html.
 
-The HTML report embeds its figures as base64 PNGs, so the single file can be mailed or archived and still opens with
-its plots. NaN (a statistic that could not be computed) becomes null in JSON and an empty cell in CSV; the reason
-is in the neighbouring `note`.
+The HTML report is rendered from the Jinja2 template analysis/templates/report.html.jinja (no Django needed, so it
+works from a notebook) and embeds its figures as base64 PNGs, so the single file can be mailed or archived and still
+opens with its plots. NaN (a statistic that could not be computed) becomes null in JSON and an empty cell in CSV; the
+reason is in the neighbouring `note`.
 """
 
 import base64
-import html
 import io
 import json
 import math
 from pathlib import Path
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
 from analysis.stats import CONDITIONS, DECISIONS, MODELS, SOURCES  # noqa: E402
 
@@ -236,8 +238,12 @@ def _png(figure):
 def _realness_figure(per_participant):
     figure, axis = plt.subplots(figsize=(5.5, 4))
     data = [per_participant[s].dropna().to_numpy() for s in SOURCES]
-    for row in per_participant[list(SOURCES)].itertuples(index=False):
-        axis.plot(range(3), row, color="#bbbbbb", linewidth=0.7, zorder=1)
+    # One collection for every participant's line: a Line2D each costs a second per thousand participants.
+    # Matplotlib breaks a line at a missing value, as it does for a plotted one.
+    means = per_participant[list(SOURCES)].to_numpy(dtype=float)
+    positions = np.broadcast_to(np.arange(3.0), means.shape)
+    lines = LineCollection(np.stack([positions, means], axis=-1), colors="#bbbbbb", linewidths=0.7, zorder=1)
+    axis.add_collection(lines)
     for i, (source, values) in enumerate(zip(SOURCES, data)):
         axis.scatter(np.full(len(values), i), values, color=COLOURS[source], s=14, zorder=2)
         if len(values):
@@ -345,7 +351,7 @@ def _fmt(value, digits=3):
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return str(value)
 
 
 def _ci(result):
@@ -353,269 +359,37 @@ def _ci(result):
     return f"[{_fmt(low)}, {_fmt(high)}]"
 
 
-def _table(header, rows):
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(figures, name, caption):
-    data = base64.b64encode(figures[name]).decode("ascii")
-    caption = html.escape(caption)
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
-    )
-
-
-def _note(result):
-    return html.escape(result.get("note", ""))
-
-
-def _primary_text(primary):
-    """The primary endpoint's numbers: a paired t-test (t, df, d_z) or a mixed model's Wald test (z)."""
-    if "z" in primary:
-        statistic = f"z = {_fmt(primary.get('z'))}"
-    else:
-        statistic = f"t({_fmt(primary.get('df'), 0)}) = {_fmt(primary.get('t'))}"
-    text = (
-        f"mean difference {_fmt(primary.get('mean_diff'))} {_ci(primary)}, {statistic}, p = {_fmt(primary.get('p'))}, "
-        f"Holm-adjusted p = {_fmt(primary.get('p_holm'))}"
-    )
-    return text if "z" in primary else f"{text}, d<sub>z</sub> = {_fmt(primary.get('dz'))}"
-
-
-def _block1_difference_section(block1):
-    if "between_participant_difference" in block1:
-        title = "Difference in accuracy per patient, between participants (proposed - baseline)"
-        rows, count = block1["between_participant_difference"], ("n_patients", "Patients")
-    else:
-        title = "Within-patient difference in accuracy (proposed - baseline)"
-        rows, count = block1["within_patient_difference"], ("n_pairs", "Pairs")
-    return f"<h3>{title}</h3>" + _table(
-        ["Condition", "Difference", "95% CI", count[1], "Note"],
-        [[c, _fmt(r.get("mean_diff")), _ci(r), _fmt(r.get(count[0])), _note(r)] for c, r in rows.items()],
-    )
-
-
-def _mixed_linear_section(block1):
-    if "realness_lmm" not in block1:
-        return ""
-    return "<h3>Linear mixed models, crossed random intercepts for participant and patient</h3>" + _table(
-        ["Comparison", "Mean difference", "95% CI", "z", "p", "Holm p", "Random SD (participant, patient)", "Note"],
-        [
-            [
-                f"{family.split('_')[0]}: {name.replace('_', ' ')}",
-                _fmt(t.get("mean_diff")),
-                _ci(t),
-                _fmt(t.get("z")),
-                _fmt(t.get("p")),
-                _fmt(t.get("p_holm")),
-                ", ".join(_fmt((t.get("random_effects_sd") or {}).get(k)) for k in ("participant", "case")),
-                _note(t),
-            ]
-            for family in ("realness_lmm", "reasons_lmm")
-            for name, t in block1[family].items()
-        ],
-    )
+# The page layout lives in analysis/templates/report.html.jinja; Jinja2 escapes every value it prints, so study
+# names, notes and exclusion reasons cannot inject markup. Undefined names fail loudly instead of printing nothing.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("analysis", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_TEMPLATES.filters.update(fmt=_fmt, ci=_ci)
 
 
 def render_html(document, figures):
-    block1, block2, models = document["block1"], document["block2"], document["models"]
-    multiplicity = document["multiplicity"]
-    primary = _lookup(document, multiplicity["primary_endpoint"])
-    design = document.get("block1_design", "paired")
-    sections = [
-        "<h1>Reader study analysis</h1>",
-        f"<p>{document['n_participants']} participants analysed, {document['n_excluded']} excluded. "
-        f"Input: {html.escape(str(document['settings'].get('input', '')))}.</p>",
-        f"<p><strong>Block-1 design: {html.escape(design)}.</strong> "
-        f"{html.escape(document.get('block1_design_note', ''))}</p>",
-        "<h2>Primary endpoint</h2>",
-        f"<p><strong>{html.escape(multiplicity['primary_endpoint_description'])}</strong>: "
-        f"{_primary_text(primary)}. {_note(primary)}</p>",
-        "<h2>Exclusions</h2>",
-        _table(
-            ["Participant", "Status", "Reason"],
-            [[html.escape(str(e[k])) for k in ("participant", "status", "reason")] for e in document["exclusions"]],
-        )
-        if document["exclusions"]
-        else "<p>None.</p>",
-        "<h2>Block 1</h2>",
-        _table(
-            ["Source", "Accuracy", "95% CI", "n", "Mean realness", "Mean reasons per participant"],
-            [
-                [
-                    s,
-                    _fmt(block1["accuracy_by_source"][s]["estimate"]),
-                    _ci(block1["accuracy_by_source"][s]),
-                    _fmt(block1["accuracy_by_source"][s]["n"]),
-                    _fmt(block1["realness_mean"][s], 2),
-                    _fmt(block1["reasons_mean"][s], 2),
-                ]
-                for s in SOURCES
-            ],
-        ),
-        _block1_difference_section(block1),
-        _mixed_linear_section(block1),
-        "<h3>Paired t-tests across participants"
-        + (
-            " (secondary: each participant's mean per source is over different patients)"
-            if "realness_lmm" in block1
-            else ""
-        )
-        + "</h3>",
-        _table(
-            ["Comparison", "Mean difference", "95% CI", "t", "df", "p", "Holm p", "Cohen's dz", "Note"],
-            [
-                [
-                    f"{family.split('_')[0]}: {name.replace('_', ' ')}",
-                    _fmt(t.get("mean_diff")),
-                    _ci(t),
-                    _fmt(t.get("t")),
-                    _fmt(t.get("df"), 0),
-                    _fmt(t.get("p")),
-                    _fmt(t.get("p_holm")),
-                    _fmt(t.get("dz")),
-                    _note(t),
-                ]
-                for family in ("realness_ttest", "reasons_ttest")
-                for name, t in block1[family].items()
-            ],
-        ),
-        "<h3>Telling real from synthetic: per-participant AUROC of realness (0.5 = indistinguishable)</h3>",
-        _table(
-            ["Model", "Mean AUROC", "95% CI", "p (vs 0.5)", "n"],
-            [
-                [m, _fmt(r.get("mean")), _ci(r), _fmt(r.get("p")), _fmt(r.get("n"))]
-                for m, r in block1["realness_auroc"].items()
-            ],
-        ),
-        _figure(
-            figures,
-            "realness_by_source",
-            "Mean realness per participant by image source (lines join one participant; diamonds: mean with 95% CI)",
-        ),
-        _figure(figures, "accuracy_by_source_condition", "Block 1 accuracy by image source and condition"),
-        "<h2>Block 2</h2>",
-        f"<p>First-decision accuracy {_fmt(block2['first_accuracy']['estimate'])} {_ci(block2['first_accuracy'])}; "
-        f"final {_fmt(block2['final_accuracy']['estimate'])} {_ci(block2['final_accuracy'])}.</p>",
-        _table(
-            [
-                "Model",
-                "Correction rate",
-                "95% CI",
-                "Wrong first",
-                "Without top case",
-                "Excluded case",
-                "Accuracy change",
-                "95% CI",
-                "Brier first",
-                "Brier final",
-            ],
-            [
-                [
-                    m,
-                    _fmt(block2["correction_rate"][m]["estimate"]),
-                    _ci(block2["correction_rate"][m]),
-                    _fmt(block2["correction_rate"][m]["n"]),
-                    _fmt(block2["correction_rate_excluding_top_case"][m]["estimate"]),
-                    _fmt(block2["correction_rate_excluding_top_case"][m].get("excluded_case")),
-                    _fmt(block2["accuracy_change"][m]["mean"]),
-                    _ci(block2["accuracy_change"][m]),
-                    _fmt(block2["brier"]["first"][m]["brier"]),
-                    _fmt(block2["brier"]["final"][m]["brier"]),
-                ]
-                for m in MODELS
-            ],
-        ),
-        "<h3>Switch table and McNemar test</h3>",
-        _table(
-            ["Model", "Right→right", "Right→wrong", "Wrong→right", "Wrong→wrong", "McNemar p", "Holm p", "Note"],
-            [
-                [
-                    m,
-                    _fmt(t["right_to_right"]),
-                    _fmt(t["right_to_wrong"]),
-                    _fmt(t["wrong_to_right"]),
-                    _fmt(t["wrong_to_wrong"]),
-                    _fmt(t["mcnemar"].get("p")),
-                    _fmt(t["mcnemar"].get("p_holm")),
-                    _note(t["mcnemar"]),
-                ]
-                for m, t in block2["switch_table"].items()
-            ],
-        ),
-        "<h3>Confidence and accuracy</h3>",
-        _table(
-            ["Decision", "Model", "Subset", "r", "df", "p", "Note"],
-            [
-                [d, m, "all (across participants)", _fmt(r.get("r")), _fmt(r.get("df"), 0), _fmt(r.get("p")), _note(r)]
-                for d in DECISIONS
-                for m in MODELS
-                for r in [block2["confidence_accuracy_r"][d][m]]
-            ]
-            + [
-                [d, m, c, _fmt(r.get("r")), _fmt(r.get("df"), 0), _fmt(r.get("p")), _note(r)]
-                for d in DECISIONS
-                for m in MODELS
-                for c, r in block2["confidence_accuracy_r_by_condition"][d][m].items()
-            ]
-            + [
-                [
-                    d,
-                    m,
-                    "within participants (rmcorr)",
-                    _fmt(r.get("r")),
-                    _fmt(r.get("df"), 0),
-                    _fmt(r.get("p")),
-                    _note(r),
-                ]
-                for d in DECISIONS
-                for m in MODELS
-                for r in [block2["confidence_accuracy_rmcorr"][d][m]]
-            ],
-        ),
-        _figure(figures, "accuracy_change_by_case", "Mean accuracy change (final - first decision) by case and model"),
-        _figure(
-            figures,
-            "confidence_accuracy",
-            "Mean confidence and accuracy per participant, first and final decision, per model",
-        ),
-        "<h2>Mixed-effects models</h2>",
-        *[_model_section(name, model) for name, model in models.items()],
-        "<h2>Multiple comparisons</h2>",
-        f"<p>{html.escape(multiplicity['method'])}. Primary endpoint: "
-        f"<code>{html.escape(multiplicity['primary_endpoint'])}</code>.</p>",
-        _table(
-            ["Test", "Holm-adjusted p"],
-            [[f"<code>{html.escape(k)}</code>", _fmt(v)] for k, v in multiplicity["p_holm"].items()],
-        ),
-    ]
-    return _PAGE.format(
-        title=html.escape(_report_title(document)), body="\n".join([*_readers_html(document), *sections])
+    """The self-contained report page: `document` as built by `build_document`, `figures` the PNG bytes by name."""
+    warning = _readers_warning(document)
+    head, _, text = warning.partition(": ")
+    return _TEMPLATES.get_template("report.html.jinja").render(
+        document=document,
+        block1=document["block1"],
+        block2=document["block2"],
+        multiplicity=document["multiplicity"],
+        primary=_lookup(document, document["multiplicity"]["primary_endpoint"]),
+        readers=document.get("readers") or {},
+        warning={"head": head.upper(), "text": text} if warning else None,
+        title=_report_title(document),
+        images={name: base64.b64encode(png).decode("ascii") for name, png in figures.items()},
+        sources=SOURCES,
+        models=MODELS,
+        decisions=DECISIONS,
     )
-
-
-def _model_section(name, model):
-    title = f"<h3>{html.escape(model.get('description', name))}</h3>"
-    method = (
-        f"<p>Method: {html.escape(str(model.get('method')))}; {model.get('n_obs')} observations. {_note(model)}</p>"
-    )
-    fixed = model.get("fixed_effects") or {}
-    rows = [
-        [
-            f"<code>{html.escape(k)}</code>",
-            _fmt(v["estimate"]),
-            _ci(v),
-            _fmt(v["odds_ratio"]),
-            f"[{_fmt(v['odds_ratio_ci95'][0])}, {_fmt(v['odds_ratio_ci95'][1])}]",
-        ]
-        for k, v in fixed.items()
-    ]
-    table = _table(["Term (log-odds)", "Estimate", "95% interval", "Odds ratio", "95% interval"], rows) if rows else ""
-    random = model.get("random_effects_sd") or {}
-    random_text = ", ".join(f"{html.escape(k)} SD {_fmt(v)}" for k, v in random.items())
-    return title + method + table + (f"<p>Random intercepts: {random_text}.</p>" if random_text else "")
 
 
 def _lookup(document, path):
@@ -623,27 +397,6 @@ def _lookup(document, path):
     for key in path.split("."):
         node = node[key]
     return node
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-.readers-warning {{ background: #fde8e8; border: 3px solid #c0392b; padding: .8rem 1rem; font-size: 1.15rem; }}
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 980px; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }}
-h1 {{ border-bottom: 2px solid #4c72b0; padding-bottom: .3rem; }}
-h2 {{ margin-top: 2.2rem; color: #2a4d80; }}
-table {{ border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }}
-th {{ background: #f3f5f9; }}
-figure {{ margin: 1.2rem 0; }} figure img {{ max-width: 100%; }} figcaption {{ font-size: .85rem; color: #555; }}
-code {{ font-size: .85em; }}
-</style></head>
-<body>
-{body}
-</body></html>
-"""
 
 
 def analyse_answers(
@@ -715,15 +468,6 @@ def _report_title(document):
     warning = _readers_warning(document)
     label = (document.get("readers") or {}).get("label", "")
     return f"Reader study analysis ({label})" if warning else "Reader study analysis"
-
-
-def _readers_html(document):
-    warning = _readers_warning(document)
-    if warning:
-        head, text = warning.split(": ", 1)
-        return [f'<p class="readers-warning"><strong>{html.escape(head.upper())}</strong>: {html.escape(text)}</p>']
-    note = (document.get("readers") or {}).get("note")
-    return [f"<p>Real participants only; {html.escape(note)}.</p>"] if note else []
 
 
 def _readers_lines(document):
