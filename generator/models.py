@@ -65,7 +65,7 @@ class TrainingRun(models.Model):
         help_text="stages a time budget stopped below half their planned steps: stage -> steps reached and planned",
     )
     error = models.TextField(blank=True)
-    job = models.ForeignKey("studyplatform.Job", null=True, blank=True, on_delete=models.SET_NULL)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

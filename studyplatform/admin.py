@@ -6,38 +6,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from studyplatform import export, jobs, services
+from jobs import runner
+from jobs.models import Job
+from studyplatform import export, services
 from studyplatform.forms import CaseForm, CaseInlineForm, GenerateStimuliForm, InviteForm, StudyForm
-from studyplatform.models import AuditLog, Case, Invite, Job, Participant, Response, Stimulus, Study
-
-
-@admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    list_display = ("kind", "status", "progress_bar", "message", "created_at", "started_at", "finished_at")
-    list_filter = ("status", "kind")
-    search_fields = ("id", "kind", "message")
-    readonly_fields = [f.name for f in Job._meta.fields] + ["progress_bar"]
-    actions = ["cancel_jobs"]
-
-    @admin.display(description="progress")
-    def progress_bar(self, job):
-        return format_html(
-            '<progress max="100" value="{}" style="width:8em"></progress> {}%', round(job.progress), round(job.progress)
-        )
-
-    @admin.action(description="Cancel selected jobs", permissions=["change"])
-    def cancel_jobs(self, request, queryset):
-        for job in queryset:
-            jobs.request_cancel(job)
-        self.message_user(request, f"Cancel requested for {queryset.count()} job(s).", messages.SUCCESS)
-
-    def changelist_view(self, request, extra_context=None):
-        jobs.reap_stale_jobs()
-        return super().changelist_view(request, extra_context)
-
-    def has_add_permission(self, request):
-        return False
-
+from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
 
 # --- reader studies ------------------------------------------------------------------------------------------------
 
@@ -242,7 +215,7 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
             return "none yet (action: Generate counterfactual stimuli from training runs)"
         rows = (
             (
-                reverse("admin:studyplatform_job_change", args=[job.pk]),
+                reverse("admin:jobs_job_change", args=[job.pk]),
                 job.created_at.strftime("%Y-%m-%d %H:%M"),
                 job.status,
                 round(job.progress),
@@ -375,7 +348,7 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
             return None
         form = GenerateStimuliForm(request.POST if "baseline_run" in request.POST else None)
         if form.is_valid():
-            job = jobs.enqueue(
+            job = runner.enqueue(
                 "generate_stimuli",
                 study_id=study.pk,
                 baseline_run=str(form.cleaned_data["baseline_run"].pk),

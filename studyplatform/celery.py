@@ -1,4 +1,4 @@
-"""The Celery application. Tasks live in each app's tasks.py and report through the Job model (jobs.py)."""
+"""The Celery application. Tasks live in each app's tasks.py and report through the Job model of the jobs app."""
 
 import os
 
@@ -25,6 +25,6 @@ app.autodiscover_tasks()
 @worker_ready.connect
 def reap_on_start(**_):
     """Jobs left `running` by a worker that died are failed as soon as any worker comes up."""
-    from studyplatform.jobs import reap_stale_jobs
+    from jobs.runner import reap_stale_jobs
 
     reap_stale_jobs()

@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "studyplatform",
     "generator",
+    "jobs",
     "analysis",
 ]
 

@@ -5,15 +5,16 @@ import re
 
 import pytest
 
-from generator import services
 from generator.models import TrainingRun
 from generator.registry import register_dataset
+from generator.services import runs, training
+from generator.services.requests import TrainingRequest
 from generator.training.checkpoint import load_checkpoint, read_manifest
-from studyplatform import jobs
-from studyplatform.models import Job
+from jobs import runner
+from jobs.models import Job
 from tests.worker import WorkerProcess, wait_for
 
-pytestmark = [pytest.mark.worker, pytest.mark.ml, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.worker, pytest.mark.ml, pytest.mark.django_db(transaction=True)]
 
 STEPS = {"parents": 2, "predictors": 2, "hvae": 2000, "counterfactual": 2}
 
@@ -26,11 +27,11 @@ def artifacts(settings, tmp_path):
 
 def test_killed_training_worker_fails_the_job_and_the_run_resumes_from_its_checkpoint(artifacts, tmp_path):
     dataset = register_dataset(kind="phantom", root=tmp_path / "cache", resolution=32, options={"n": 60, "seed": 1})
-    run = services.create_training_run(dataset, "baseline", "test-32", seed=2, steps=STEPS)
-    partial = services.run_directory(run) / "hvae.partial.pt"
+    run = runs.create_training_run(dataset, "baseline", "test-32", seed=2, steps=STEPS)
+    partial = runs.run_directory(run) / "hvae.partial.pt"
     worker = WorkerProcess(tmp_path / "worker.log", JOB_HEARTBEAT_SECONDS=0.5, ARTIFACTS_ROOT=artifacts)
     try:
-        job = services.start_training_job(run)
+        job = runs.start_training_job(TrainingRequest(run.name))
         # Let the worker complete the first stages and write a partial checkpoint of the HVAE stage.
         assert wait_for(lambda: partial.is_file() and load_checkpoint(partial)["step"] >= 5, timeout=150), (
             f"no HVAE checkpoint; worker log {worker.log.name}"
@@ -40,14 +41,14 @@ def test_killed_training_worker_fails_the_job_and_the_run_resumes_from_its_check
         worker.stop()
 
     checkpoint_step = load_checkpoint(partial)["step"]
-    assert wait_for(lambda: jobs.reap_stale_jobs(stale_after=2) or job_status(job) != Job.Status.RUNNING, timeout=20)
+    assert wait_for(lambda: runner.reap_stale_jobs(stale_after=2) or job_status(job) != Job.Status.RUNNING, timeout=20)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "worker lost" in job.message and job.finished_at is not None
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and "worker" in run.error
     # Only stages whose checkpoint was completely written are marked done; the HVAE stage is not.
-    assert set(read_manifest(services.run_directory(run))["stages"]) == {"parents", "predictors"}
+    assert set(read_manifest(runs.run_directory(run))["stages"]) == {"parents", "predictors"}
 
     seen = []
 
@@ -55,7 +56,7 @@ def test_killed_training_worker_fails_the_job_and_the_run_resumes_from_its_check
         seen.append((stage, message))
 
     shorten_hvae_stage(run, checkpoint_step + 3)
-    finished = services.run_training(run, progress=record, resume=True)
+    finished = training.run_training(TrainingRequest(run.name, resume=True), progress=record)
     first_hvae_step = next(int(m.group(1)) for s, msg in seen if s == "hvae" and (m := re.match(r"step (\d+)/", msg)))
     assert first_hvae_step == checkpoint_step + 1, "the resumed run did not continue from the checkpoint"
     assert not any(s in ("parents", "predictors") and msg.startswith("step ") for s, msg in seen)

@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 
 from generator.models import Dataset, TrainingRun
-from studyplatform import jobs
-from studyplatform.models import Job
+from jobs import runner
+from jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,7 @@ def test_reaping_a_training_job_fails_its_run_and_leaves_other_runs_alone(settin
     lost_run = TrainingRun.objects.create(name="lost", dataset=dataset, status="running", job=silent)
     busy_run = TrainingRun.objects.create(name="busy", dataset=dataset, status="running", job=alive)
 
-    assert jobs.reap_stale_jobs(stale_after=60) == 1
+    assert runner.reap_stale_jobs(stale_after=60) == 1
 
     lost_run.refresh_from_db()
     busy_run.refresh_from_db()

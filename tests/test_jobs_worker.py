@@ -5,8 +5,8 @@ import os
 import pytest
 from django.conf import settings
 
-from studyplatform import jobs
-from studyplatform.models import Job
+from jobs import runner
+from jobs.models import Job
 from tests.worker import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -33,7 +33,7 @@ def status_of(job):
 
 def test_enqueued_job_is_run_by_a_real_worker_and_succeeds(worker):
     process = worker()
-    job = jobs.enqueue("selftest", steps=3)
+    job = runner.enqueue("selftest", steps=3)
 
     finished = wait_for(lambda: status_of(job) in Job.FINISHED, timeout=90)
 
@@ -48,7 +48,7 @@ def test_enqueued_job_is_run_by_a_real_worker_and_succeeds(worker):
 
 def test_job_of_a_killed_worker_ends_failed_within_bounded_time(worker):
     process = worker(JOB_HEARTBEAT_SECONDS=0.5)
-    job = jobs.enqueue("selftest", steps=10_000, sleep=0.05)
+    job = runner.enqueue("selftest", steps=10_000, sleep=0.05)
     assert wait_for(lambda: status_of(job) == Job.Status.RUNNING, timeout=90), "worker never started the job"
     assert wait_for(lambda: status_of(job) == Job.Status.RUNNING and job.progress > 0, timeout=30)
 
@@ -56,7 +56,7 @@ def test_job_of_a_killed_worker_ends_failed_within_bounded_time(worker):
 
     # The heartbeat stops with the worker; the reaper (run by every worker on start, by the Job admin and by
     # `manage.py reap_jobs`) fails the job once it is silent for the stale period.
-    assert wait_for(lambda: jobs.reap_stale_jobs(stale_after=3) or status_of(job) != Job.Status.RUNNING, timeout=20)
+    assert wait_for(lambda: runner.reap_stale_jobs(stale_after=3) or status_of(job) != Job.Status.RUNNING, timeout=20)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "worker lost" in job.message
@@ -65,10 +65,10 @@ def test_job_of_a_killed_worker_ends_failed_within_bounded_time(worker):
 
 def test_cancelled_running_job_stops_at_next_progress_report(worker):
     worker()
-    job = jobs.enqueue("selftest", steps=10_000, sleep=0.05)
+    job = runner.enqueue("selftest", steps=10_000, sleep=0.05)
     assert wait_for(lambda: status_of(job) == Job.Status.RUNNING, timeout=90)
 
-    jobs.request_cancel(job)
+    runner.request_cancel(job)
 
     assert wait_for(lambda: status_of(job) == Job.Status.CANCELLED, timeout=30)
     assert job.progress < 100

@@ -1,4 +1,3 @@
-"""Models of the study app. Background jobs live in jobs.py; the study itself in study.py."""
+"""Models of the study app, defined in study.py. Background jobs have their own app, `jobs`."""
 
-from .jobs import Job  # noqa: F401
 from .study import AuditLog, Case, Invite, Participant, Response, Stimulus, Study  # noqa: F401

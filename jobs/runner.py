@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from studyplatform.models import Job
+from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 LOG_TAIL_LINES = 200
@@ -225,16 +225,3 @@ def fail_job_on_worker_lost(sender=None, args=None, exception=None, **_):
         )
     ):
         worker_lost.send(sender=Job, job_ids=[args[0]])
-
-
-@job_task("selftest")
-def selftest(ctx, steps=3, sleep=0.0, fail=False):
-    """A tiny job used by health checks and tests of the worker path."""
-    import time
-
-    for step in range(steps):
-        time.sleep(sleep)
-        ctx.progress(100 * (step + 1) / steps, f"step {step + 1}/{steps}")
-    if fail:
-        raise RuntimeError("selftest asked to fail")
-    return {"steps": steps, "pid": os.getpid()}

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from studyplatform.jobs import reap_stale_jobs
+from jobs.runner import reap_stale_jobs
 
 
 class Command(BaseCommand):
