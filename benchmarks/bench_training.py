@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generator.causal.counterfactual import CounterfactualModel  # noqa: E402
-from generator.causal.hvae import LatentAdversary  # noqa: E402
 from generator.data.graph import MIMIC_GRAPH  # noqa: E402
+from generator.training.critics import LatentAdversary  # noqa: E402
 from generator.training.presets import get_preset  # noqa: E402
 from generator.training.trainer import choose_device  # noqa: E402
 

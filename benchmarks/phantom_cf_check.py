@@ -16,6 +16,7 @@ sheet is written next to the checkpoints.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generator.data.graph import DISEASE_CLASSES, MIMIC_GRAPH  # noqa: E402
 from generator.data.phantom import PhantomSCM  # noqa: E402
 from generator.training.pipeline import RunConfig, load_model, train  # noqa: E402
+from generator.training.presets import get_preset  # noqa: E402
 
 
 def phantom_split(scm, n, resolution, seed):
@@ -244,10 +246,9 @@ def main():
         budget = None
     else:
         steps, budget = {"hvae": 100000, "counterfactual": 100000}, args.budget
-    config = RunConfig(
-        preset=args.preset, seed=args.seed, time_budget_s=budget, steps=steps, preset_overrides=overrides
-    )
-    resolution = config.resolved_preset().resolution
+    config = RunConfig(preset=args.preset, seed=args.seed, time_budget_s=budget, steps=steps)
+    preset = dataclasses.replace(get_preset(args.preset), **overrides)
+    resolution = preset.resolution
     scm = PhantomSCM(MIMIC_GRAPH)
     splits = {
         "train": phantom_split(scm, args.n_train, resolution, 10 + args.seed),
@@ -263,7 +264,7 @@ def main():
             last[stage] = time.time()
             print(f"[{time.time() - started:6.0f}s] {stage} {fraction:.0%} {message}", flush=True)
 
-    summary = train(config, splits, out, progress=progress, resume=args.resume or args.score_only)
+    summary = train(config, preset, splits, out, progress=progress, resume=args.resume or args.score_only)
     training_seconds = time.time() - started
     classifier = evaluation_classifier(splits["train"])
     with torch.no_grad():

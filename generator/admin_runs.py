@@ -9,9 +9,9 @@ from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-import generator.tasks  # noqa: F401  (the job kinds the admin starts must be known in the web process)
-from generator import services
 from generator.models import Dataset, TrainingRun
+from generator.services import reports, runs
+from generator.services.requests import TrainingRequest
 from generator.training.presets import PRESETS
 
 
@@ -30,7 +30,7 @@ class StartRunForm(forms.Form):
 
     def clean_steps(self):
         try:
-            return services.parse_steps(self.cleaned_data["steps"])
+            return runs.parse_steps(self.cleaned_data["steps"])
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from exc
 
@@ -102,7 +102,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                run = services.create_training_run(
+                run = runs.create_training_run(
                     data["dataset"],
                     data["variant"],
                     data["preset"],
@@ -116,7 +116,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
             except ValueError as exc:
                 form.add_error(None, str(exc))
             else:
-                job = services.start_training_job(run)
+                job = runs.start_training_job(TrainingRequest(run=run.name))
                 self.message_user(request, f"Run {run.name} queued as job {job.pk}.", messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:generator_trainingrun_change", args=[run.pk]))
         context = {
@@ -131,7 +131,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def resume_runs(self, request, queryset):
         for run in queryset:
             try:
-                job = services.start_training_job(run, resume=True)
+                job = runs.start_training_job(TrainingRequest(run=run.name, resume=True))
             except ValueError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
@@ -141,7 +141,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def job_link(self, run):
         if run.job_id is None:
             return "-"
-        url = reverse("admin:studyplatform_job_change", args=[run.job_id])
+        url = reverse("admin:jobs_job_change", args=[run.job_id])
         return format_html('<a href="{}">{} ({:.0f}%)</a>', url, run.job.status, run.job.progress)
 
     @admin.display(description="training")
@@ -157,7 +157,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def metrics_table(self, run):
         """One column per evaluated checkpoint and one row per metric: a run has a few checkpoints but many
         metrics, so the table fits the page (and scrolls inside its field if a run has very many checkpoints)."""
-        rows = services.metrics_rows(run)
+        rows = reports.metrics_rows(run)
         if not rows:
             return "not evaluated yet (manage.py evaluate_generator)"
         notes = format_html_join("", '<p style="color:#ba2121"><strong>{}: {}</strong></p>', run.evaluation_warnings)

@@ -1,19 +1,46 @@
-"""Fixtures of the generator's run and command tests: a tiny phantom data set and a tiny trained model.
+"""Fixtures of the generator's tests: a tiny phantom data set, a tiny trained model and random patient parents.
 
-Test modules load them with `pytest_plugins = ["tests.generator_fixtures"]`.
+Test modules load the fixtures with `pytest_plugins = ["tests.generator_fixtures"]` and import the helpers.
 """
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
-from generator import services
-from generator.data.datasets import load_splits
+from generator.data import load_splits
+from generator.data.graph import BINARY, CONTINUOUS, MIMIC_GRAPH
 from generator.models import Dataset, TrainingRun
+from generator.services import runs
 from generator.training import pipeline
+from generator.training.presets import get_preset
 
 PHANTOM_OPTIONS = {"n": 64, "seed": 0}
 TINY_STEPS = 2
+
+
+def random_parents(n, generator, graph=MIMIC_GRAPH, **given):
+    """Parents of `n` patients, each node drawn from `generator` in the graph's order: uniform over its range when
+    continuous, over its values otherwise. A node passed by name (e.g. `disease=[0, 1, 2]`) takes that value and
+    draws nothing, so the other draws stay as they are."""
+    parents = {}
+    for node in graph.nodes:
+        if node.name in given:
+            parents[node.name] = torch.as_tensor(given[node.name])
+        elif node.kind == CONTINUOUS:
+            parents[node.name] = node.low + (node.high - node.low) * torch.rand(n, generator=generator)
+        elif node.kind == BINARY:
+            parents[node.name] = torch.randint(0, 2, (n,), generator=generator).float()
+        else:
+            parents[node.name] = torch.randint(0, node.cardinality, (n,), generator=generator)
+    return parents
+
+
+def tiny_preset(**changes):
+    """A snapshot of the `test-32` preset with `changes`, for a test to train with: the way a run gets settings of its
+    own, where editing the shared registry would change every other run."""
+    return dataclasses.replace(get_preset("test-32"), **changes)
 
 
 @pytest.fixture
@@ -44,7 +71,7 @@ def trained_checkpoints(phantom_cache):
     out_dir = Path(phantom_cache).parent / "trained-tiny"
     splits = load_splits("phantom", str(phantom_cache), 32, PHANTOM_OPTIONS)
     config = pipeline.RunConfig(preset="test-32", seed=3, steps=dict.fromkeys(pipeline.STAGES, TINY_STEPS))
-    summary = pipeline.train(config, splits, out_dir)
+    summary = pipeline.train(config, tiny_preset(), splits, out_dir)
     return {**summary["checkpoints"], "final": summary["checkpoint"]}
 
 
@@ -53,7 +80,7 @@ def finished_run(artifacts, phantom_dataset, trained_checkpoints):
     """make(name, variant) -> a TrainingRun that finished training with the shared tiny model."""
 
     def make(name="tiny-run", variant="baseline"):
-        run = services.create_training_run(phantom_dataset, variant, "test-32", seed=3, name=name, steps=TINY_STEPS)
+        run = runs.create_training_run(phantom_dataset, variant, "test-32", seed=3, name=name, steps=TINY_STEPS)
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED, stage="done", checkpoints=dict(trained_checkpoints)
         )

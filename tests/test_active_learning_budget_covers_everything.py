@@ -5,6 +5,7 @@ import pytest
 from generator.data.datasets import make_phantom_splits
 from generator.training import pipeline, proposed
 from generator.training.pipeline import RunConfig
+from tests.generator_fixtures import tiny_preset
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
@@ -34,7 +35,7 @@ def test_every_part_of_an_expert_al_run_gets_a_share_of_one_budget(monkeypatch, 
         preset="test-32", variant="expert-al", time_budget_s=budget, al_rounds=1, al_fraction=0.1,
         steps={"parents": 3, "predictors": 3, "hvae": 3, "counterfactual": 3},
     )  # fmt: skip
-    summary = proposed.run_proposed(config, splits, tmp_path / "run", expert_weights=None)
+    summary = proposed.run_proposed(config, tiny_preset(), splits, tmp_path / "run", expert_weights=None)
     assert seen["expert"] == pytest.approx(proposed.EXPERT_BUDGET_SHARE * budget)
     # the stages get what the expert left, less the active-learning share; the rounds get what is left after that
     stage_share = 1 - proposed.ACTIVE_LEARNING_BUDGET_SHARE / (1 - proposed.EXPERT_BUDGET_SHARE)

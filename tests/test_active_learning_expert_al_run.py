@@ -10,6 +10,7 @@ from generator.evaluation.figures import plot_forgetting_histograms
 from generator.training import pipeline, proposed
 from generator.training.pipeline import RunConfig
 from generator.training.proposed import ActiveLearningSettings, run_proposed
+from tests.generator_fixtures import tiny_preset
 
 pytestmark = pytest.mark.ml
 
@@ -43,7 +44,7 @@ def counting(monkeypatch):
 def test_expert_variant_trains_an_expert_and_adds_its_term_to_the_counterfactual_stage(splits, tmp_path, monkeypatch):
     calls = counting(monkeypatch)
     config = RunConfig(preset="test-32", variant="expert", steps=TINY_STEPS, seed=1)
-    summary = run_proposed(config, splits, tmp_path, expert_weights=None)
+    summary = run_proposed(config, tiny_preset(), splits, tmp_path, expert_weights=None)
     assert summary["expert"]["source"] == "trained"
     assert set(summary["expert"]["auroc"]) == {"Effusion", "Pneumonia", "No Finding"}
     assert (tmp_path / "expert.pt").is_file()
@@ -54,8 +55,9 @@ def test_expert_variant_trains_an_expert_and_adds_its_term_to_the_counterfactual
 
 def test_expert_al_run_writes_one_loadable_checkpoint_per_round_and_resumes(splits, tmp_path):
     config = RunConfig(preset="test-32", variant="expert-al", steps=TINY_STEPS, seed=2, al_rounds=2, al_fraction=0.1)
-    settings = ActiveLearningSettings.from_config(config, finetune_steps=2, proxy_epochs=2, proxy_batch_size=32)
-    summary = run_proposed(config, splits, tmp_path, expert_weights=None, al_settings=settings)
+    preset = tiny_preset()
+    settings = ActiveLearningSettings.from_config(config, preset, finetune_steps=2, proxy_epochs=2, proxy_batch_size=32)
+    summary = run_proposed(config, preset, splits, tmp_path, expert_weights=None, al_settings=settings)
 
     n_real = len(splits["train"].ids)
     n_add = round(0.1 * n_real)
@@ -83,7 +85,7 @@ def test_expert_al_run_writes_one_loadable_checkpoint_per_round_and_resumes(spli
 
     json.dumps(summary)  # the run's summary is stored as JSON by the training service
 
-    resumed = run_proposed(config, splits, tmp_path, resume=True, expert_weights=None, al_settings=settings)
+    resumed = run_proposed(config, preset, splits, tmp_path, resume=True, expert_weights=None, al_settings=settings)
     assert resumed["active_learning"]["rounds"] == json.loads(json.dumps(report["rounds"]))
 
 
@@ -91,10 +93,11 @@ def test_active_learning_starts_from_the_elbo_stage_model_when_the_run_chose_it(
     """select_final may choose hvae.pt, which holds no predictors, adversary or constraint: those come from the run's
     counterfactual checkpoint, and the rounds fine-tune the chosen model."""
     config = RunConfig(preset="test-32", variant="expert", steps=TINY_STEPS, seed=3)
-    summary = run_proposed(config, splits, tmp_path, expert_weights=None)
+    summary = run_proposed(config, tiny_preset(), splits, tmp_path, expert_weights=None)
     hvae_checkpoint = summary["checkpoints"]["hvae"]
     settings = ActiveLearningSettings.from_config(
         RunConfig(preset="test-32", variant="expert-al", al_rounds=1, al_fraction=0.1),
+        tiny_preset(),
         finetune_steps=2,
         proxy_epochs=1,
         proxy_batch_size=32,

@@ -5,34 +5,24 @@ import math
 import pytest
 import torch
 
-from generator.causal.hvae import AnatomyAdversary, ConditionalHVAE, marginal_confusion
+from generator.causal.hvae import ConditionalHVAE
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import load_checkpoint
 from generator.training.counterfactual_stage import AnatomyCritic
+from generator.training.critics import AnatomyAdversary, marginal_confusion
 from generator.training.pipeline import RunConfig, train
-from generator.training.presets import PRESETS, get_preset
+from tests.generator_fixtures import random_parents, tiny_preset
 from tests.test_training_resume import STEPS, interrupt_at, synthetic_split
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
-def lesion_preset(weight=1.0):
-    preset = get_preset("test-32")
-    preset.lesion_blocks = 1
-    preset.anatomy_weight = weight
-    return preset
+def lesion_preset(weight=1.0, **changes):
+    return tiny_preset(lesion_blocks=1, anatomy_weight=weight, **changes)
 
 
 def parents(disease, seed=0):
-    n = len(disease)
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": 2 + 23 * torch.rand(n, generator=generator),
-        "disease": torch.tensor(disease),
-    }
+    return random_parents(len(disease), torch.Generator().manual_seed(seed), disease=disease)
 
 
 def blob_images(disease, seed=0, size=32):
@@ -107,7 +97,7 @@ def test_the_anatomy_penalty_reaches_the_trunk_and_never_the_lesion_branch():
 
 
 def test_without_a_lesion_branch_or_with_weight_zero_the_critic_does_nothing():
-    for preset in (get_preset("test-32"), lesion_preset(weight=0.0)):
+    for preset in (tiny_preset(), lesion_preset(weight=0.0)):
         critic = AnatomyCritic(preset, MIMIC_GRAPH, "cpu")
         anatomy = torch.randn(3, 1, 32, 32, requires_grad=True)
         assert critic.confusion(anatomy, parents([0, 1, 2])).item() == 0.0
@@ -115,17 +105,17 @@ def test_without_a_lesion_branch_or_with_weight_zero_the_critic_does_nothing():
         assert critic.state_dict() == {}
 
 
-def test_a_lesion_branch_run_trains_the_anatomy_adversary_and_resumes_bit_identically(monkeypatch, tmp_path):
-    monkeypatch.setitem(PRESETS, "test-32", lesion_preset())
+def test_a_lesion_branch_run_trains_the_anatomy_adversary_and_resumes_bit_identically(tmp_path):
+    preset = lesion_preset(checkpoint_every=2)
     splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
-    config = RunConfig(preset="test-32", seed=4, steps=STEPS, checkpoint_every=2)
-    reference = train(config, splits, tmp_path / "reference")
+    config = RunConfig(preset="test-32", seed=4, steps=STEPS)
+    reference = train(config, preset, splits, tmp_path / "reference")
     history = reference["history"]["hvae"]
     assert all("anatomy_confusion" in entry and entry["anatomy_adversary"] > 0 for entry in history)
 
     with pytest.raises(Exception, match="stopped at hvae step 2"):
-        train(config, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 2))
-    resumed = train(config, splits, tmp_path / "resumed", resume=True)
+        train(config, preset, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 2))
+    resumed = train(config, preset, splits, tmp_path / "resumed", resume=True)
     for stage in ("hvae", "counterfactual"):
         expected = load_checkpoint(reference["checkpoints"][stage])
         actual = load_checkpoint(resumed["checkpoints"][stage])

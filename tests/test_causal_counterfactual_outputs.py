@@ -6,19 +6,14 @@ import torch
 from generator.causal.counterfactual import CounterfactualModel
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.presets import get_preset
+from tests.generator_fixtures import random_parents
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def batch(n=6, resolution=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    pa = {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": 2 + 23 * torch.rand(n, generator=generator),
-        "disease": torch.tensor([0, 1, 2, 1, 2, 0])[:n],
-    }
+    pa = random_parents(n, generator, disease=torch.tensor([0, 1, 2, 1, 2, 0])[:n])
     return torch.rand(n, 1, resolution, resolution, generator=generator) * 2 - 1, pa
 
 

@@ -5,6 +5,7 @@ import torch
 
 from generator.causal.parents import ParentModel
 from generator.data.graph import MIMIC_GRAPH
+from tests.generator_fixtures import random_parents
 
 
 @pytest.fixture(scope="module")
@@ -12,15 +13,8 @@ def fitted():
     # Synthetic patients whose disease follows white-cell count strongly (and ignores age), so an intervention on
     # wcc must move the disease of many patients while the other roots stay as observed.
     generator = torch.Generator().manual_seed(0)
-    n = 1000
-    wcc = 2 + 23 * torch.rand(n, generator=generator)
-    pa = {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": wcc,
-        "disease": torch.where(wcc > 15, 2, 0),
-    }
+    pa = random_parents(1000, generator)
+    pa["disease"] = torch.where(pa["wcc"] > 15, 2, 0)
     torch.manual_seed(0)
     model = ParentModel(MIMIC_GRAPH)
     model.fit_standardisation(pa)

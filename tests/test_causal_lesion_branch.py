@@ -7,6 +7,7 @@ from generator.causal.counterfactual import CounterfactualModel
 from generator.causal.hvae import ConditionalHVAE
 from generator.data.graph import CHESTXRAY8_GRAPH, MIMIC_GRAPH
 from generator.training.presets import Preset, get_preset
+from tests.generator_fixtures import random_parents
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
@@ -14,13 +15,7 @@ pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 def batch(disease, seed=0):
     n = len(disease)
     generator = torch.Generator().manual_seed(seed)
-    pa = {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": 2 + 23 * torch.rand(n, generator=generator),
-        "disease": torch.tensor(disease),
-    }
+    pa = random_parents(n, generator, disease=disease)
     return torch.rand(n, 1, 32, 32, generator=generator) * 2 - 1, pa
 
 

@@ -1,26 +1,23 @@
 """The lesion critic: maps the branch adds under an intervention are judged against those it draws on real lesions."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from generator.causal.hvae import LesionCritic
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import load_checkpoint
 from generator.training.counterfactual_stage import AddedLesionCritic
+from generator.training.critics import LesionCritic
 from generator.training.pipeline import RunConfig, train
-from generator.training.presets import PRESETS, get_preset
+from tests.generator_fixtures import tiny_preset
 from tests.test_training_resume import STEPS, interrupt_at, synthetic_split
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
-def critic_preset(weight=1.0):
-    preset = get_preset("test-32")
-    preset.lesion_blocks = 1
-    preset.anatomy_weight = 1.0
-    preset.cf_branch_only = True
-    preset.lesion_critic_weight = weight
-    return preset
+def critic_preset(weight=1.0, **changes):
+    return tiny_preset(lesion_blocks=1, anatomy_weight=1.0, cf_branch_only=True, lesion_critic_weight=weight, **changes)
 
 
 def real_maps(n, generator):
@@ -68,16 +65,16 @@ def test_only_intervened_additions_are_judged_and_only_against_real_diseased_ima
     assert off.realism(lesion, pa, lesion, pa_cf).item() == 0.0 and off.state_dict() == {}
 
 
-def run_and_resume(stage, tmp_path):
-    """Train test-32 (the preset the test installed) with 6 steps of `stage`, and again interrupted at its step 4 and
-    resumed; check that the critic (where the preset has one) and the EMA weights of both runs are identical. Returns
-    the stage's history."""
+def run_and_resume(preset, stage, tmp_path):
+    """Train `preset` with 6 steps of `stage`, and again interrupted at its step 4 and resumed; check that the critic
+    (where the preset has one) and the EMA weights of both runs are identical. Returns the stage's history."""
     splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
-    config = RunConfig(preset="test-32", seed=4, steps={**STEPS, stage: 6}, checkpoint_every=2)
-    reference = train(config, splits, tmp_path / "reference")
+    preset = dataclasses.replace(preset, checkpoint_every=2)
+    config = RunConfig(preset="test-32", seed=4, steps={**STEPS, stage: 6})
+    reference = train(config, preset, splits, tmp_path / "reference")
     with pytest.raises(Exception, match=f"stopped at {stage} step 4"):
-        train(config, splits, tmp_path / "resumed", progress=interrupt_at(stage, 4))
-    resumed = train(config, splits, tmp_path / "resumed", resume=True)
+        train(config, preset, splits, tmp_path / "resumed", progress=interrupt_at(stage, 4))
+    resumed = train(config, preset, splits, tmp_path / "resumed", resume=True)
     expected = load_checkpoint(reference["checkpoints"][stage])
     actual = load_checkpoint(resumed["checkpoints"][stage])
     for name, tensor in expected["task"]["lesion_critic"].get("critic", {}).items():
@@ -87,26 +84,21 @@ def run_and_resume(stage, tmp_path):
     return reference["history"][stage]
 
 
-def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(monkeypatch, tmp_path):
-    monkeypatch.setitem(PRESETS, "test-32", critic_preset())
-    history = run_and_resume("counterfactual", tmp_path)
+def test_a_run_with_the_critic_trains_it_and_resumes_bit_identically(tmp_path):
+    history = run_and_resume(critic_preset(), "counterfactual", tmp_path)
     assert any(entry["lesion_critic"] > 0 for entry in history[-1:])
 
 
 def elbo_critic_preset():
-    preset = critic_preset(weight=0.0)
-    preset.lesion_latent = 4
-    preset.lesion_support = True
-    preset.lesion_reads = "anatomy"
-    preset.elbo_lesion_critic_weight = 1.0
-    return preset
+    return critic_preset(
+        weight=0.0, lesion_latent=4, lesion_support=True, lesion_reads="anatomy", elbo_lesion_critic_weight=1.0
+    )
 
 
 def test_in_the_elbo_stage_additions_drawn_from_the_prior_code_are_judged_and_the_run_resumes_bit_identically(
-    monkeypatch, tmp_path
+    tmp_path,
 ):
-    monkeypatch.setitem(PRESETS, "test-32", elbo_critic_preset())
-    history = run_and_resume("hvae", tmp_path)
+    history = run_and_resume(elbo_critic_preset(), "hvae", tmp_path)
     assert all("added_realism" in entry and "lesion_critic" in entry for entry in history)
     assert any(entry["lesion_critic"] > 0 for entry in history)
 

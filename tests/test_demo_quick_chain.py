@@ -20,7 +20,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.ml, pytest.mark.worker]
+pytestmark = [pytest.mark.slow, pytest.mark.ml, pytest.mark.worker]
 
 
 def demo_env(var_dir):

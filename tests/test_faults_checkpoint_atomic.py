@@ -19,6 +19,9 @@ import torch
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import atomic_save, atomic_write_json, load_checkpoint, read_manifest
 from generator.training.pipeline import RunConfig, train
+from tests.generator_fixtures import random_parents, tiny_preset
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,13 +87,7 @@ STEPS = {"parents": 2, "predictors": 1, "hvae": 2, "counterfactual": 1}
 
 def split(n, seed, resolution=32):
     generator = torch.Generator().manual_seed(seed)
-    pa = {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": 2 + 23 * torch.rand(n, generator=generator),
-        "disease": torch.randint(0, 3, (n,), generator=generator),
-    }
+    pa = random_parents(n, generator)
     x = torch.rand(n, 1, resolution, resolution, generator=generator) * 2 - 1
     return SimpleNamespace(graph=MIMIC_GRAPH, x=x, pa=pa, ids=[str(i) for i in range(n)])
 
@@ -107,6 +104,7 @@ def test_resume_never_reads_leftover_tmp_files_or_stage_files_the_manifest_does_
 
     summary = train(
         RunConfig(preset="test-32", seed=1, steps=STEPS),
+        tiny_preset(),
         {"train": split(16, 0), "valid": split(8, 1)},
         out,
         resume=True,
@@ -125,6 +123,7 @@ def test_a_truncated_partial_checkpoint_is_refused_not_used(tmp_path):
     with pytest.raises(Exception) as raised:  # noqa: B017 - torch's own error for a broken archive
         train(
             RunConfig(preset="test-32", seed=1, steps=STEPS),
+            tiny_preset(),
             {"train": split(16, 0), "valid": split(8, 1)},
             out,
             resume=True,

@@ -9,13 +9,14 @@ import torch
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from generator import services
-from generator.data.datasets import load_splits
+from generator.causal.production import to_png
+from generator.data import load_splits
+from generator.services import runs
 from generator.training import pipeline
 from generator.training.checkpoint import load_checkpoint
 from generator.training.expert import load_expert, train_expert
-from studyplatform import jobs
-from studyplatform.models import Job
+from jobs import runner
+from jobs.models import Job
 
 pytest_plugins = ["tests.generator_fixtures"]
 pytestmark = [pytest.mark.django_db, pytest.mark.ml]
@@ -86,7 +87,7 @@ def test_dataset_ids_under_two_interventions_give_traceable_pngs(finished_run, s
 def test_image_files_are_resized_and_their_parents_read_by_the_run_predictors(finished_run, splits, tmp_path):
     run = finished_run()
     source = tmp_path / "scan.png"
-    services.to_png(torch.nn.functional.interpolate(splits["test"].x[:1], size=64, mode="bilinear")[0], source)
+    to_png(torch.nn.functional.interpolate(splits["test"].x[:1], size=64, mode="bilinear")[0], source)
     out = tmp_path / "from-files"
     call_command(
         "generate_counterfactuals", run.name, "--images", str(source), "--do", "disease=effusion", "--out", str(out),
@@ -124,7 +125,7 @@ def test_background_generation_runs_as_a_job(finished_run, splits, tmp_path):
     job = Job.objects.get(kind="generate_counterfactuals")
     assert str(job.pk) in stdout.getvalue() and job.status == Job.Status.QUEUED
     assert not out.exists()
-    jobs.execute(str(job.pk))
+    runner.execute(str(job.pk))
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["manifest"] == str(out / "manifest.json") and job.result["items"] == 1
@@ -132,6 +133,6 @@ def test_background_generation_runs_as_a_job(finished_run, splits, tmp_path):
 
 
 def test_an_unfinished_run_cannot_generate(artifacts, phantom_dataset):
-    run = services.create_training_run(phantom_dataset, "baseline", "test-32", name="not-trained")
+    run = runs.create_training_run(phantom_dataset, "baseline", "test-32", name="not-trained")
     with pytest.raises(CommandError, match="has not finished training"):
         call_command("generate_counterfactuals", run.name, "--ids", "x", "--do", "disease=healthy")

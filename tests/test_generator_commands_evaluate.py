@@ -7,11 +7,11 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from generator import services
-from generator.data.datasets import load_splits
+from generator.data import load_splits
 from generator.models import TrainingRun
-from studyplatform import jobs
-from studyplatform.models import Job
+from generator.services import evaluation, reports, runs
+from jobs import runner
+from jobs.models import Job
 from tests.test_evaluation_figures import al_record
 
 pytest_plugins = ["tests.generator_fixtures"]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.ml]
 def judges(phantom_dataset):
     """The shared evaluation predictors and expert, trained tiny so the tests stay short (then reused from disk)."""
     splits = load_splits("phantom", phantom_dataset.root, 32, phantom_dataset.options)
-    return services.evaluation_assets(phantom_dataset, splits, 32, expert_steps=2, predictor_epochs=1)
+    return evaluation.evaluation_assets(phantom_dataset, splits, 32, expert_steps=2, predictor_epochs=1)
 
 
 def read_csv(path):
@@ -59,13 +59,13 @@ def test_evaluation_stores_metrics_and_writes_reports(finished_run, judges, arti
     assert "| Model |" in (folder / "report.md").read_text()
     assert "Effectiveness (disease, AUROC)" in stdout.getvalue()
     # the admin shows the same figures
-    (admin_row,) = services.metrics_rows(run)
+    (admin_row,) = reports.metrics_rows(run)
     assert admin_row["Model"] == row["model"]
 
 
 def test_evaluating_an_active_learning_run_draws_its_forgetting_histograms(finished_run, judges, tmp_path):
     run = finished_run("ours", variant="expert-al")
-    folder = services.run_directory(run)
+    folder = runs.run_directory(run)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "active_learning.json").write_text(json.dumps(al_record()))
     figures = tmp_path / "figures"
@@ -82,7 +82,7 @@ def test_background_evaluation_then_compare_writes_one_row_per_evaluated_checkpo
     job = Job.objects.get(kind="evaluate_generator")
     assert str(job.pk) in stdout.getvalue() and job.params["runs"] == ["base"]
     assert job.status == Job.Status.QUEUED
-    jobs.execute(str(job.pk))
+    runner.execute(str(job.pk))
     job.refresh_from_db()
     baseline.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error

@@ -4,9 +4,9 @@ import pytest
 from django.urls import reverse
 
 import generator.admin_runs  # noqa: F401  (registers the TrainingRun admin)
-from generator import services
 from generator.models import Dataset, TrainingRun
-from studyplatform.models import Job
+from generator.services import runs
+from jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def test_start_form_creates_the_run_and_queues_its_job(admin_client, dataset):
     assert run.config["run"]["steps"] == {"hvae": 4}
     assert run.config["run"]["al_rounds"] == 2 and run.config["run"]["al_fraction"] == 0.2
     job = Job.objects.get(kind="train_generator")
-    assert run.job == job and job.params == {"run_id": str(run.pk), "resume": False}
+    assert run.job == job and job.params == {"run": run.name, "resume": False}
 
 
 def test_invalid_start_form_shows_the_error_and_creates_nothing(admin_client, dataset):
@@ -50,7 +50,7 @@ def test_add_button_leads_to_the_start_form_with_the_data_set_chosen(admin_clien
 
 
 def test_run_pages_show_status_job_and_readable_metrics(admin_client, dataset):
-    run = services.create_training_run(dataset, "baseline", "test-32", name="shown")
+    run = runs.create_training_run(dataset, "baseline", "test-32", name="shown")
     summary = {"mean": 0.8, "ci95": [0.7, 0.9], "n": 6}
     TrainingRun.objects.filter(pk=run.pk).update(
         status="succeeded",
@@ -68,7 +68,7 @@ def test_run_pages_show_status_job_and_readable_metrics(admin_client, dataset):
 
 
 def test_run_page_shows_in_plain_words_when_the_evaluation_cannot_judge(admin_client, dataset):
-    run = services.create_training_run(dataset, "baseline", "test-32", name="unjudged")
+    run = runs.create_training_run(dataset, "baseline", "test-32", name="unjudged")
     judgement = {"warnings": ["NOT MEANINGFUL: judges at chance", "COUNTERFACTUALS IDENTICAL TO THEIR INPUTS: x"]}
     TrainingRun.objects.filter(pk=run.pk).update(
         status="succeeded",

@@ -2,11 +2,12 @@
 
 import pytest
 
-from generator import services
-from generator.data.datasets import load_splits
-from studyplatform import jobs
+from generator.causal.production import to_png
+from generator.data import load_splits
+from jobs import runner
+from jobs.models import Job
 from studyplatform import services as study_services
-from studyplatform.models import Job, Stimulus
+from studyplatform.models import Stimulus
 from tests.factories import StudyFactory
 
 pytest_plugins = ["tests.generator_fixtures"]
@@ -15,15 +16,13 @@ pytestmark = [pytest.mark.django_db, pytest.mark.ml]
 
 def png_bytes(x, tmp_path, name):
     path = tmp_path / name
-    services.to_png(x, path)
+    to_png(x, path)
     return path.read_bytes()
 
 
 def test_stimuli_job_attaches_baseline_and_proposed_counterfactuals_to_every_case(
     finished_run, phantom_dataset, media_root, tmp_path
 ):
-    import generator.tasks  # noqa: F401  (registers the job kinds)
-
     baseline, proposed = finished_run("base"), finished_run("ours", variant="expert")
     test = load_splits("phantom", phantom_dataset.root, 32, phantom_dataset.options)["test"]
     classes = test.graph["disease"].categories
@@ -38,7 +37,7 @@ def test_stimuli_job_attaches_baseline_and_proposed_counterfactuals_to_every_cas
         real_image=png_bytes(test.x[diseased[0]], tmp_path, "c01.png"), source_id=test.ids[diseased[0]],
     )  # fmt: skip
 
-    job = jobs.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours", seed=5)
+    job = runner.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours", seed=5)
     assert job.status == Job.Status.SUCCEEDED, job.error
     for case, condition in ((block1, "pneumonia"), (block2, "healthy")):
         by_source = {s.source: s for s in Stimulus.objects.filter(case=case)}
@@ -61,8 +60,6 @@ def test_stimuli_job_attaches_baseline_and_proposed_counterfactuals_to_every_cas
 def test_stimulus_sources_come_from_the_test_split_and_pass_screening_unless_the_researcher_says_otherwise(
     finished_run, phantom_dataset, media_root, tmp_path, admin_client
 ):
-    import generator.tasks  # noqa: F401  (registers the job kinds)
-
     finished_run("base")
     finished_run("ours", variant="expert")
     splits = load_splits("phantom", phantom_dataset.root, 32, phantom_dataset.options)
@@ -83,7 +80,7 @@ def test_stimulus_sources_come_from_the_test_split_and_pass_screening_unless_the
     age = float(test.pa["age"][youngest])
     limit = (age + float(test.pa["age"][oldest])) / 2  # a stricter age limit that only P03's patient fails
 
-    job = jobs.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours",
+    job = runner.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours",
                           screening={"min_age": limit})  # fmt: skip
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["splits"] == {"P01": "test", "P02": "train", "P03": "test"}
@@ -105,7 +102,7 @@ def test_stimulus_sources_come_from_the_test_split_and_pass_screening_unless_the
     assert "field-split" in page and f"skipped: age {age:g} is under {limit:g}" in page
 
     # Allowing the training split and turning screening off: every case gets its counterfactuals.
-    job = jobs.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours",
+    job = runner.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours",
                           splits=["test", "train"], screening=False)  # fmt: skip
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["skipped"] == {}
@@ -117,8 +114,6 @@ def test_stimulus_sources_come_from_the_test_split_and_pass_screening_unless_the
 def test_a_study_whose_every_case_fails_is_refused_with_the_reasons(
     finished_run, phantom_dataset, media_root, tmp_path
 ):
-    import generator.tasks  # noqa: F401  (registers the job kinds)
-
     finished_run("base")
     finished_run("ours", variant="expert")
     train = load_splits("phantom", phantom_dataset.root, 32, phantom_dataset.options)["train"]
@@ -127,7 +122,7 @@ def test_a_study_whose_every_case_fails_is_refused_with_the_reasons(
         study, label="P01", block=1, true_condition=train.graph["disease"].categories[int(train.pa["disease"][0])],
         cf_condition="healthy", real_image=png_bytes(train.x[0], tmp_path, "p01.png"), source_id=train.ids[0],
     )  # fmt: skip
-    job = jobs.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours")
+    job = runner.run_inline("generate_stimuli", study_id=study.pk, baseline_run="base", proposed_run="ours")
     assert job.status == Job.Status.FAILED
     assert "no case of study" in job.message and "P01: from the train split" in job.message
     assert list(case.stimuli.values_list("source", flat=True)) == ["real"]

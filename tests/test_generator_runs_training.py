@@ -7,12 +7,13 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from generator import services
 from generator.models import Dataset, TrainingRun
+from generator.services import runs, training
+from generator.services.requests import TrainingRequest
 from generator.training import pipeline
 from generator.training.checkpoint import load_checkpoint
-from studyplatform import jobs
-from studyplatform.models import Job
+from jobs import runner
+from jobs.models import Job
 
 pytest_plugins = ["tests.generator_fixtures"]
 pytestmark = pytest.mark.django_db
@@ -61,14 +62,14 @@ class Interrupt(Exception):
 @pytest.mark.ml
 def test_interrupted_run_keeps_only_completed_stages_and_resume_finishes_it(artifacts, phantom_dataset):
     dataset = phantom_dataset
-    run = services.create_training_run(dataset, "baseline", "test-32", seed=1, name="stopped", steps=TINY_STEPS)
+    run = runs.create_training_run(dataset, "baseline", "test-32", seed=1, name="stopped", steps=TINY_STEPS)
 
     def stop_in_hvae(stage, fraction, message):
         if stage == "hvae" and fraction > 0:
             raise Interrupt("stopped by the test")
 
     with pytest.raises(Interrupt):
-        services.run_training(run, progress=stop_in_hvae)
+        training.run_training(TrainingRequest(run.name), progress=stop_in_hvae)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and "stopped by the test" in run.error
     assert set(run.checkpoints) == {"parents", "predictors"}
@@ -77,7 +78,7 @@ def test_interrupted_run_keeps_only_completed_stages_and_resume_finishes_it(arti
     with pytest.raises(CommandError, match="already exists"):
         call_command("train_generator", "--dataset", dataset.name, "--name", "stopped", "--preset", "test-32")
     with pytest.raises(ValueError, match="resume it instead"):
-        services.run_training(run)
+        training.run_training(TrainingRequest(run.name))
     call_command("train_generator", "--resume", "--name", "stopped", stdout=io.StringIO(), stderr=io.StringIO())
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED and run.error == ""
@@ -138,10 +139,10 @@ def test_background_queues_a_job_that_trains_the_run(artifacts, phantom_dataset)
     run = TrainingRun.objects.get(name="queued")
     job = Job.objects.get(kind="train_generator")
     assert str(job.pk) in out.getvalue()
-    assert job.status == Job.Status.QUEUED and job.params == {"run_id": str(run.pk), "resume": False}
+    assert job.status == Job.Status.QUEUED and job.params == {"run": run.name, "resume": False}
     assert run.job == job and run.status == TrainingRun.Status.CREATED and run.checkpoints == {}
 
-    jobs.execute(str(job.pk))
+    runner.execute(str(job.pk))
     job.refresh_from_db()
     run.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error

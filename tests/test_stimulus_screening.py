@@ -9,7 +9,7 @@ import torch
 
 from generator.data import CHESTXRAY8_GRAPH, CXRDataset, load_splits
 from generator.data.screening import MAX_BLANK_BORDER, ScreeningRules, blank_border, screen, screen_sample
-from generator.services import screen_stimulus_sources
+from generator.services.stimuli import screen_stimulus_sources
 
 NIH_SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "nih-cxr-sample"
 

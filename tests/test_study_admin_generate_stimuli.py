@@ -3,7 +3,8 @@
 import pytest
 
 from generator.models import Dataset, TrainingRun
-from studyplatform.models import AuditLog, Job
+from jobs.models import Job
+from studyplatform.models import AuditLog
 from tests.factories import StudyFactory, complete_study
 
 pytestmark = pytest.mark.django_db
@@ -126,7 +127,7 @@ def test_the_study_page_shows_the_progress_of_its_generation_job(admin_client, r
     Job.objects.filter(pk=job.pk).update(status="running", progress=42.4, message="proposed: 5/12 counterfactuals")
     page = admin_client.get(response["Location"]).content.decode()
     assert '<progress max="100" value="42"' in page and "42%" in page
-    assert "proposed: 5/12 counterfactuals" in page and f"/admin/studyplatform/job/{job.pk}/change/" in page
+    assert "proposed: 5/12 counterfactuals" in page and f"/admin/jobs/job/{job.pk}/change/" in page
     assert "Reload the page to follow the progress." in page
     other = StudyFactory()
     assert "none yet" in admin_client.get(f"/admin/studyplatform/study/{other.pk}/change/").content.decode()

@@ -8,7 +8,8 @@ from generator.causal.predictors import ParentPredictors
 from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import load_checkpoint
 from generator.training.counterfactual_stage import LESION_POSTERIOR_HEADS, CounterfactualTask, addition_intervention
-from generator.training.presets import PRESETS, get_preset
+from generator.training.presets import get_preset
+from tests.generator_fixtures import tiny_preset
 from tests.test_causal_lesion_critic import run_and_resume
 from tests.test_training_resume import synthetic_split
 
@@ -16,16 +17,16 @@ pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 def additions_preset(anchor=1.0, interventions="additions"):
-    preset = get_preset("test-32")
-    preset.lesion_blocks = 1
-    preset.anatomy_weight = 1.0
-    preset.lesion_latent = 4
-    preset.lesion_latent_map = 1
-    preset.lesion_support = True
-    preset.cf_branch_only = True
-    preset.cf_interventions = interventions
-    preset.cf_removal_anchor = anchor
-    return preset
+    return tiny_preset(
+        lesion_blocks=1,
+        anatomy_weight=1.0,
+        lesion_latent=4,
+        lesion_latent_map=1,
+        lesion_support=True,
+        cf_branch_only=True,
+        cf_interventions=interventions,
+        cf_removal_anchor=anchor,
+    )
 
 
 def test_only_healthy_images_get_a_disease_and_every_class_is_drawn():
@@ -80,12 +81,11 @@ def test_additions_need_a_branch_trained_alone_and_the_mode_must_be_known():
     with pytest.raises(ValueError, match="cf_branch_only"):
         make_task(preset, synthetic_split(8, 0))
     with pytest.raises(ValueError, match="cf_interventions"):
-        additions_preset(interventions="removals").__post_init__()
+        additions_preset(interventions="removals")
 
 
-def test_a_run_on_additions_with_the_anchor_keeps_the_posterior_and_resumes_bit_identically(monkeypatch, tmp_path):
-    monkeypatch.setitem(PRESETS, "test-32", additions_preset())
-    history = run_and_resume("counterfactual", tmp_path)
+def test_a_run_on_additions_with_the_anchor_keeps_the_posterior_and_resumes_bit_identically(tmp_path):
+    history = run_and_resume(additions_preset(), "counterfactual", tmp_path)
     assert all("removal_anchor" in entry for entry in history)
     assert any(entry["removal_anchor"] > 0 for entry in history)
     before = load_checkpoint(tmp_path / "reference" / "hvae.pt")["hvae_ema"]

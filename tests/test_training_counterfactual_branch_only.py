@@ -5,18 +5,15 @@ import torch
 
 from generator.training.checkpoint import load_checkpoint
 from generator.training.pipeline import RunConfig, finetune_counterfactual, load_model, load_predictors, train
-from generator.training.presets import PRESETS, get_preset
+from generator.training.presets import get_preset
+from tests.generator_fixtures import tiny_preset
 from tests.test_training_resume import STEPS, synthetic_split
 
 pytestmark = pytest.mark.ml
 
 
 def branch_preset(branch_only):
-    preset = get_preset("test-32")
-    preset.lesion_blocks = 1
-    preset.anatomy_weight = 1.0
-    preset.cf_branch_only = branch_only
-    return preset
+    return tiny_preset(lesion_blocks=1, anatomy_weight=1.0, cf_branch_only=branch_only)
 
 
 @pytest.fixture
@@ -31,9 +28,8 @@ def changed_parameters(summary):
     return {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
 
 
-def test_only_the_branch_learns_and_only_the_lesion_node_is_intervened(splits, tmp_path, monkeypatch):
-    monkeypatch.setitem(PRESETS, "test-32", branch_preset(True))
-    summary = train(RunConfig(preset="test-32", seed=2, steps=STEPS), splits, tmp_path)
+def test_only_the_branch_learns_and_only_the_lesion_node_is_intervened(splits, tmp_path):
+    summary = train(RunConfig(preset="test-32", seed=2, steps=STEPS), branch_preset(True), splits, tmp_path)
     changed = changed_parameters(summary)
     assert changed and all(name.startswith("lesion_") for name in changed)
     assert summary["stages"]["counterfactual"]["intervened"] == ["disease"]
@@ -50,9 +46,8 @@ def test_only_the_branch_learns_and_only_the_lesion_node_is_intervened(splits, t
     assert all(p.requires_grad for p in model.hvae.parameters())
 
 
-def test_without_the_flag_the_whole_decoder_learns(splits, tmp_path, monkeypatch):
-    monkeypatch.setitem(PRESETS, "test-32", branch_preset(False))
-    summary = train(RunConfig(preset="test-32", seed=2, steps=STEPS), splits, tmp_path)
+def test_without_the_flag_the_whole_decoder_learns(splits, tmp_path):
+    summary = train(RunConfig(preset="test-32", seed=2, steps=STEPS), branch_preset(False), splits, tmp_path)
     changed = changed_parameters(summary)
     assert any(not name.startswith("lesion_") for name in changed)
     assert get_preset("cpu-64").cf_branch_only and not get_preset("paper-192").cf_branch_only

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from generator.data.datasets import load_splits
+from generator.data import load_splits
 from generator.training import pipeline
 from generator.training.selection import select_final
+from tests.generator_fixtures import tiny_preset
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 pytest_plugins = ["tests.generator_fixtures"]
@@ -61,9 +62,9 @@ def test_on_real_data_a_judge_trained_on_the_validation_split_scores_agreement_a
 
 
 def test_a_run_with_selection_records_the_scores_and_names_the_chosen_checkpoint_final(phantom_splits, tmp_path):
-    overrides = {"lesion_blocks": 1, "lesion_latent": 4, "lesion_support": True, "select_final": True}
-    config = pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2), preset_overrides=overrides)
-    summary = pipeline.train(config, phantom_splits, tmp_path / "run")
+    preset = tiny_preset(lesion_blocks=1, lesion_latent=4, lesion_support=True, select_final=True)
+    config = pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2))
+    summary = pipeline.train(config, preset, phantom_splits, tmp_path / "run")
     selection = summary["selection"]
     assert set(selection["scores"]) == {"hvae", "counterfactual"}
     assert summary["checkpoint"] == summary["checkpoints"][selection["final"]]

@@ -9,6 +9,7 @@ from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import read_manifest
 from generator.training.pipeline import RunConfig, train
 from generator.training.trainer import DatasetError
+from tests.generator_fixtures import tiny_preset
 
 STEPS = {"parents": 2, "predictors": 1, "hvae": 1, "counterfactual": 1}
 
@@ -52,12 +53,12 @@ def bad_category():
 def test_malformed_training_set_is_rejected_before_anything_is_written(make, tmp_path):
     broken, message = make()
     with pytest.raises(DatasetError, match=message):
-        train(RunConfig(preset="test-32", steps=STEPS), {"train": broken, "valid": split()}, tmp_path / "run")
-    assert read_manifest(tmp_path / "run")["stages"] == {}
+        train(RunConfig(preset="test-32", steps=STEPS), tiny_preset(), {"train": broken, "valid": split()}, tmp_path)
+    assert read_manifest(tmp_path)["stages"] == {}
     assert not list((tmp_path).rglob("*.pt"))
 
 
 def test_error_names_the_split(tmp_path):
     broken, _ = nan_pixels()
     with pytest.raises(DatasetError, match="valid split"):
-        train(RunConfig(preset="test-32", steps=STEPS), {"train": split(), "valid": broken}, tmp_path / "run")
+        train(RunConfig(preset="test-32", steps=STEPS), tiny_preset(), {"train": split(), "valid": broken}, tmp_path)

@@ -32,9 +32,9 @@ def test_the_rate_follows_a_cosine_from_the_preset_rate_to_zero():
 def test_a_run_plans_the_schedule_over_the_stage_steps(tmp_path):
     torch.manual_seed(0)
     splits = {"train": synthetic_split(24, 0), "valid": synthetic_split(8, 1)}
-    summary = train(RunConfig(preset="test-32", seed=1, steps={**STEPS, "predictors": 20}), splits, tmp_path)
-    history = summary["history"]["predictors"]
     preset = get_preset("test-32")
+    summary = train(RunConfig(preset="test-32", seed=1, steps={**STEPS, "predictors": 20}), preset, splits, tmp_path)
+    history = summary["history"]["predictors"]
     assert [entry["step"] for entry in history] == [10, 20]
     # the rate recorded at step 10 is the one of the tenth step (index 9) of a 20-step plan; the last is near zero
     assert math.isclose(history[0]["lr"], preset.predictor_lr * 0.5 * (1 + math.cos(math.pi * 9 / 20)))

@@ -9,6 +9,7 @@ from generator.data.graph import MIMIC_GRAPH
 from generator.training.checkpoint import load_checkpoint, read_manifest
 from generator.training.pipeline import RunConfig, train
 from generator.training.trainer import StageStopped
+from tests.generator_fixtures import random_parents, tiny_preset
 
 pytestmark = pytest.mark.ml
 
@@ -17,13 +18,7 @@ STEPS = {"parents": 4, "predictors": 2, "hvae": 4, "counterfactual": 2}
 
 def synthetic_split(n, seed, resolution=32):
     generator = torch.Generator().manual_seed(seed)
-    pa = {
-        "age": 18 + 72 * torch.rand(n, generator=generator),
-        "sex": torch.randint(0, 2, (n,), generator=generator).float(),
-        "race": torch.randint(0, 3, (n,), generator=generator),
-        "wcc": 2 + 23 * torch.rand(n, generator=generator),
-        "disease": torch.randint(0, 3, (n,), generator=generator),
-    }
+    pa = random_parents(n, generator)
     x = torch.rand(n, 1, resolution, resolution, generator=generator) * 2 - 1
     return SimpleNamespace(graph=MIMIC_GRAPH, x=x, pa=pa, ids=[str(i) for i in range(n)])
 
@@ -43,17 +38,17 @@ def interrupt_at(stage, step):
 
 
 def test_resumed_hvae_stage_matches_an_uninterrupted_run(splits, tmp_path):
-    config = RunConfig(preset="test-32", seed=3, steps=STEPS, checkpoint_every=2)
-    reference = train(config, splits, tmp_path / "reference")
+    config, preset = RunConfig(preset="test-32", seed=3, steps=STEPS), tiny_preset(checkpoint_every=2)
+    reference = train(config, preset, splits, tmp_path / "reference")
 
     with pytest.raises(StageStopped):
-        train(config, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 2))
+        train(config, preset, splits, tmp_path / "resumed", progress=interrupt_at("hvae", 2))
     manifest = read_manifest(tmp_path / "resumed")
     assert set(manifest["stages"]) == {"parents", "predictors"}
     assert (tmp_path / "resumed" / "hvae.partial.pt").is_file()
     assert not (tmp_path / "resumed" / "hvae.pt").exists()
 
-    resumed = train(config, splits, tmp_path / "resumed", resume=True)
+    resumed = train(config, preset, splits, tmp_path / "resumed", resume=True)
     for stage in ("hvae", "counterfactual"):
         expected = load_checkpoint(reference["checkpoints"][stage])
         actual = load_checkpoint(resumed["checkpoints"][stage])
@@ -65,7 +60,7 @@ def test_resumed_hvae_stage_matches_an_uninterrupted_run(splits, tmp_path):
 
 
 def test_every_checkpoint_carries_config_preset_seed_and_code_version(splits, tmp_path):
-    summary = train(RunConfig(preset="test-32", seed=5, steps=STEPS), splits, tmp_path)
+    summary = train(RunConfig(preset="test-32", seed=5, steps=STEPS), tiny_preset(), splits, tmp_path)
     for stage, path in summary["checkpoints"].items():
         meta = load_checkpoint(path)["meta"]
         assert meta["stage"] == stage and meta["complete"] is True

@@ -5,10 +5,11 @@ import io
 import pytest
 from django.core.management import call_command
 
-from generator.data.datasets import load_splits
+from generator.data import load_splits
 from generator.models import TrainingRun
 from generator.training import pipeline
 from generator.training.budget import describe_steps, describe_under_training, under_trained_stages
+from tests.generator_fixtures import tiny_preset
 
 pytest_plugins = ["tests.generator_fixtures"]
 
@@ -32,14 +33,14 @@ def test_the_pipeline_marks_a_stage_its_budget_cut_short(phantom_cache, tmp_path
     splits = load_splits("phantom", str(phantom_cache), 32, {"n": 64, "seed": 0})
     # a budget far too small for the planned steps: every stage stops after its first step or two
     config = pipeline.RunConfig(preset="test-32", steps={"hvae": 5000}, time_budget_s=0.5)
-    summary = pipeline.train(config, splits, tmp_path / "run")
+    summary = pipeline.train(config, tiny_preset(), splits, tmp_path / "run")
     assert summary["under_trained"]["hvae"]["planned_steps"] == 5000
     assert summary["under_trained"]["hvae"]["steps"] < 2500
     assert summary["stages"]["hvae"]["planned_steps"] == 5000
     assert summary["machine"]["threads"] == 1 and len(summary["machine"]["load_average"]) == 3
     # without a budget every stage runs its plan
-    full = pipeline.train(pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2)), splits,
-                          tmp_path / "full")  # fmt: skip
+    config = pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2))
+    full = pipeline.train(config, tiny_preset(), splits, tmp_path / "full")
     assert full["under_trained"] == {}
 
 

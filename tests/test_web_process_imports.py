@@ -45,7 +45,7 @@ for url in (
     f"/admin/studyplatform/study/{study_pk}/change/",
     "/admin/studyplatform/participant/",
     "/admin/studyplatform/response/",
-    "/admin/studyplatform/job/",
+    "/admin/jobs/job/",
     "/admin/generator/trainingrun/",
     "/admin/generator/trainingrun/start/",
     "/admin/generator/dataset/",

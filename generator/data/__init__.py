@@ -2,17 +2,16 @@
 
 from .datasets import (
     COFINDING_RULES,
-    DATASET_KINDS,
     SPLITS,
     CXRDataset,
     DataError,
     disease_from_findings,
-    load_splits,
     make_phantom,
     make_phantom_splits,
     patient_level_split,
 )
 from .graph import CHESTXRAY8_GRAPH, DISEASE_CLASSES, GRAPHS, MIMIC_GRAPH, CausalGraph, Node
+from .loaders import DATASET_KINDS, load_splits
 from .mimic import load_mimic_splits
 from .nih import load_nih_splits
 from .phantom import Exogenous, PhantomSCM

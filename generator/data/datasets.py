@@ -1,4 +1,4 @@
-"""In-memory chest X-ray data sets with their causal parents, phantom splits, and the loader dispatch.
+"""In-memory chest X-ray data sets with their causal parents, and phantom splits.
 
 Every data set, phantom or real, is a `CXRDataset`: images as float32 [N, 1, H, W] in [-1, 1] and the parents as
 name -> Tensor[N] (continuous in raw units, binary 0/1 float, categorical int64), described by a `CausalGraph`.
@@ -225,46 +225,3 @@ def _load_phantom_cache(cache_file, graph_name):
         scm=scm,
         info={"view": "PA", **data["info"]},  # every phantom is a frontal (PA) film
     )
-
-
-# -------------------------------------------------------------------------------------------------------- dispatch
-DATASET_KINDS = ("phantom", "phantom-cxr8", "nih", "mimic")
-
-
-def load_splits(kind, root, resolution, options=None, progress=None):
-    """Load {"train", "valid", "test"} for a data set kind.
-
-    phantom / phantom-cxr8: root is a cache folder (may be empty); options: n (default 10000), seed, fractions.
-    nih: options as `load_nih_splits`; mimic: options as `load_mimic_splits`. `progress(done, total)` is called
-    while real images are read.
-    """
-    options = dict(options or {})
-    if kind in ("phantom", "phantom-cxr8"):
-        unknown = set(options) - {"n", "seed", "fractions"}
-        if unknown:
-            raise DataError(f"unknown phantom options {sorted(unknown)}")
-        return make_phantom_splits(
-            n=options.get("n", 10000),
-            resolution=resolution,
-            seed=options.get("seed", 0),
-            graph_name="mimic" if kind == "phantom" else "chestxray8",
-            fractions=tuple(options.get("fractions", (0.8, 0.1, 0.1))),
-            cache_dir=root or None,
-        )
-    if kind == "nih":
-        from .nih import load_nih_splits
-
-        return load_nih_splits(root, resolution, progress=progress, **_loader_options(options))
-    if kind == "mimic":
-        from .mimic import load_mimic_splits
-
-        return load_mimic_splits(root, resolution, progress=progress, **_loader_options(options))
-    raise DataError(f"unknown data set kind {kind!r}; choose one of {DATASET_KINDS}")
-
-
-def _loader_options(options):
-    options = dict(options)
-    for name in ("views", "fractions"):
-        if name in options:
-            options[name] = tuple(options[name])
-    return options

@@ -18,7 +18,7 @@ import copy
 import torch
 
 from generator.causal.counterfactual import Counterfactual
-from generator.causal.hvae import AnatomyAdversary, LatentAdversary, LesionCritic
+from generator.training.critics import AnatomyAdversary, LatentAdversary, LesionCritic
 from generator.training.trainer import (
     EMA,
     BatchSampler,

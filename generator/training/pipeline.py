@@ -1,11 +1,16 @@
 """Training a deep structural causal model end to end: parents -> predictors -> hvae -> counterfactual.
 
 Each stage is checkpointed atomically to `<out_dir>/<stage>.pt` and recorded in `<out_dir>/run.json` once complete;
-an interrupted stage resumes from `<stage>.partial.pt`. Every checkpoint carries the run configuration, the preset,
-the seed, the graph and the code version.
+an interrupted stage resumes from `<stage>.partial.pt`. Every checkpoint carries the run configuration, the preset
+snapshot, the seed, the graph and the code version.
+
+A run's hyperparameters are its preset snapshot: a `Preset` taken from the registry once, when the run is created,
+and passed to `train` beside the `RunConfig`. Training, resuming and loading read that snapshot (the one stored with
+the run, the one in a checkpoint) and never look a preset up by name again, so editing or removing a registry entry
+changes no run that already exists.
 
     splits = generator.data.make_phantom_splits(4000, 64, seed=0)
-    summary = train(RunConfig(preset="cpu-64", time_budget_s=900), splits, Path("var/runs/demo"))
+    summary = train(RunConfig(preset="cpu-64", time_budget_s=900), get_preset("cpu-64"), splits, Path("var/runs/demo"))
     model = load_model(summary["checkpoint"])
 """
 
@@ -18,11 +23,17 @@ from pathlib import Path
 import torch
 
 from generator.causal.counterfactual import CounterfactualModel
-from generator.causal.hvae import LatentAdversary
 from generator.causal.predictors import ParentPredictors
 from generator.data.graph import CONTINUOUS, CausalGraph
 from generator.training.budget import under_trained_stages
-from generator.training.checkpoint import atomic_save, code_version, load_checkpoint, read_manifest, record_stage
+from generator.training.checkpoint import (
+    MANIFEST,
+    atomic_save,
+    code_version,
+    load_checkpoint,
+    read_manifest,
+    record_stage,
+)
 from generator.training.counterfactual_stage import (
     AddedLesionCritic,
     AnatomyCritic,
@@ -31,7 +42,8 @@ from generator.training.counterfactual_stage import (
     finetune_counterfactual,
     measure_free_energy,
 )
-from generator.training.presets import Preset, get_preset
+from generator.training.critics import LatentAdversary
+from generator.training.presets import Preset, require_same_snapshot
 from generator.training.selection import select_final
 from generator.training.trainer import (
     EMA,
@@ -54,17 +66,13 @@ __all__ = ["RunConfig", "STAGES", "train", "finetune_counterfactual", "load_mode
 
 @dataclass
 class RunConfig:
-    preset: str = "cpu-64"
+    """What a run does besides its hyperparameters, which are its preset snapshot (passed to `train` beside this)."""
+
+    preset: str = "cpu-64"  # the registry entry the run's snapshot was taken from; a label once the run exists
     variant: str = "baseline"
     seed: int = 0
     steps: dict = field(default_factory=dict)  # stage -> steps; a missing stage uses the preset's default
     time_budget_s: float | None = None  # wall clock for all stages, shared by the preset's budget_shares
-    checkpoint_every: int | None = None  # steps between resumable partial checkpoints (None: the preset's)
-    # Lagrangian of Eq. 9 (None: the preset's value)
-    lagrange_lr: float | None = None
-    lagrange_init: float | None = None
-    lagrange_damping: float | None = None
-    constraint_slack: float | None = None
     # expert constraint alpha * log(1 + beta * |p(x) - p(x_cf)|) >= d of the proposed model
     expert_alpha: float = 1.0
     expert_beta: float = 10.0
@@ -72,8 +80,6 @@ class RunConfig:
     # active learning: rounds, and the share of the training set added per round
     al_rounds: int = 3
     al_fraction: float = 0.1
-    # preset fields replaced for this run (e.g. {"lesion_latent": 16}); stored with the run like everything here
-    preset_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -82,18 +88,6 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown stages in steps: {sorted(unknown)}; stages are {STAGES}")
         self.steps = {k: v for k, v in (self.steps or {}).items() if v is not None}
-
-    def resolved_preset(self):
-        preset = get_preset(self.preset)
-        if self.preset_overrides:
-            preset = Preset.from_dict({**preset.to_dict(), **self.preset_overrides})
-            unknown = set(self.preset_overrides) - set(preset.to_dict())
-            if unknown:
-                raise ValueError(f"unknown preset fields in overrides: {sorted(unknown)}")
-        for key in ("lagrange_lr", "lagrange_init", "lagrange_damping", "constraint_slack", "checkpoint_every"):
-            if getattr(self, key) is not None:
-                setattr(preset, key, getattr(self, key))
-        return preset
 
     def stage_steps(self, preset, stage):
         return int(self.steps.get(stage, preset.steps[stage]))
@@ -343,10 +337,15 @@ class HVAETask(StageTask):
 # --- the pipeline ---------------------------------------------------------------------------------------------------
 
 
-def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None):
-    """Run (or resume) every stage; returns the metrics, loss histories and checkpoint paths."""
+def train(config, preset, splits, out_dir, progress=None, resume=False, extra_loss=None):
+    """Run (or resume) every stage with the run's preset snapshot; returns the metrics, loss histories and checkpoint
+    paths.
+
+    Resuming refuses a run folder whose manifest or checkpoints were written with another snapshot than `preset`.
+    """
     out_dir = Path(out_dir)
-    preset = config.resolved_preset()
+    if preset.name != config.preset:
+        raise ValueError(f"the run configuration names preset {config.preset!r}, the snapshot is of {preset.name!r}")
     for name in ("train", "valid"):
         if name not in splits:
             raise KeyError(f"splits must contain {name!r}; got {sorted(splits)}")
@@ -364,6 +363,7 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
         "graph": graph.to_dict(),
     }
     manifest = read_manifest(out_dir) if resume else {"stages": {}}
+    require_same_snapshot(meta["preset"], manifest.get("preset"), out_dir / MANIFEST)
     train_set, valid_set = splits["train"], splits["valid"]
 
     torch.manual_seed(config.seed)
@@ -380,6 +380,7 @@ def train(config, splits, out_dir, progress=None, resume=False, extra_loss=None)
         recorded = manifest["stages"].get(stage)
         if resume and recorded and final_path.is_file():
             state = load_checkpoint(final_path)
+            require_same_snapshot(meta["preset"], state["meta"]["preset"], final_path)
             restore_stage(stage, state, model, predictors, carried, device)
             if stage == "hvae":
                 carried["valid_free_energy"] = recorded["metrics"]["valid_free_energy"]

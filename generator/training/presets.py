@@ -1,6 +1,9 @@
 """Hyperparameters of the generator, one dataclass per named preset.
 
-Every training run stores its preset in each checkpoint, so any counterfactual traces back to the exact settings.
+The registry (`PRESETS`) is where a run's settings come from when it is created, and only then: the run stores a
+snapshot of its preset (with any changes made for that run) and every checkpoint carries it, so training, resuming
+and loading read the snapshot, and any counterfactual traces back to the exact settings whatever the registry holds
+later. `dataclasses.replace(get_preset(name), field=value)` makes a snapshot with changes.
 
 The network runs at the resolutions in `resolutions` (top-down order, 1 px first, the image resolution last).
 Stochastic latents live only at `latent_resolutions`; every other resolution has deterministic blocks. Keeping the
@@ -27,8 +30,8 @@ class Preset:
     # paper; n > 0 = it enters only an n-block branch added to the trunk's output and silent for "no finding"
     lesion_blocks: int = 0
     lesion_node: str = "disease"
-    # with a lesion branch: weight of the anatomy adversary (generator.causal.hvae.AnatomyAdversary), which keeps the
-    # disease out of the trunk's image so that the branch, and only the branch, draws the lesion (0 = off)
+    # with a lesion branch: weight of the anatomy adversary (generator.training.critics.AnatomyAdversary), which keeps
+    # the disease out of the trunk's image so that the branch, and only the branch, draws the lesion (0 = off)
     anatomy_weight: float = 0.0
     # with a lesion branch: size of the lesion latent z_L per disease class (0 = none). z_L is the lesion's own
     # exogenous noise (side, extent, texture): N(0, I) prior, inferred from the image, read only by the branch, so a
@@ -91,7 +94,7 @@ class Preset:
     # with a lesion branch: counterfactual training changes the branch only and intervenes on the lesion node only
     # (generator.training.counterfactual_stage.branch_parameters says why)
     cf_branch_only: bool = False
-    # with a lesion branch: weight of the lesion critic (generator.causal.hvae.LesionCritic) on the maps the branch
+    # with a lesion branch: weight of the lesion critic (generator.training.critics.LesionCritic) on the maps the branch
     # adds under an intervention, so additions look like the lesions it draws on real diseased images (0 = off)
     lesion_critic_weight: float = 0.0
     # which interventions counterfactual training asks the predictors to judge. "marginal" (the paper): a random parent
@@ -250,6 +253,26 @@ PRESETS = {
         eval_batches=32,
     ),
 }
+
+
+class SnapshotMismatch(ValueError):
+    """Training state written with one preset snapshot, offered for resuming a run whose snapshot differs."""
+
+
+def require_same_snapshot(snapshot, stored, source):
+    """Refuse to go on from `source` (a checkpoint or a run manifest) unless the snapshot it stored is `snapshot`.
+
+    Both are `Preset.to_dict()` forms; `stored` is None where `source` holds no snapshot yet. A snapshot written before
+    a field existed reads as that field's default. Weights, optimiser state and schedule resumed under other settings
+    would silently train a model that neither snapshot describes.
+    """
+    if stored is None:
+        return
+    expected, found = Preset.from_dict(snapshot).to_dict(), Preset.from_dict(stored).to_dict()
+    changed = [key for key in expected if expected[key] != found[key]]
+    if changed:
+        details = "; ".join(f"{key}: {found[key]!r} there, {expected[key]!r} in the run" for key in changed)
+        raise SnapshotMismatch(f"{source} was written with another preset snapshot than the run's ({details})")
 
 
 def get_preset(name):

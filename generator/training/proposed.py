@@ -12,7 +12,8 @@ Variant "expert-al": the same, followed by `al_rounds` rounds of active learning
    checkpoint `pipeline.load_model` reads like any other.
 The rounds are cumulative: rounds 1-3 with fraction 0.1 are the paper's Ours+10%, +20% and +30%.
 
-    summary = run_proposed(RunConfig(preset="cpu-64", variant="expert-al"), splits, Path("var/runs/ours"))
+    config = RunConfig(preset="cpu-64", variant="expert-al")
+    summary = run_proposed(config, get_preset("cpu-64"), splits, Path("var/runs/ours"))
     ours_30 = pipeline.load_model(summary["checkpoints"]["round-3"])
 """
 
@@ -24,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.causal.hvae import LatentAdversary
 from generator.data.datasets import CXRDataset
 from generator.data.graph import DISEASE_CLASSES
 from generator.training import pipeline
@@ -37,7 +37,9 @@ from generator.training.active_learning import (
 )
 from generator.training.budget import under_trained_stages
 from generator.training.checkpoint import atomic_save, atomic_write_json, load_checkpoint, record_stage
+from generator.training.critics import LatentAdversary
 from generator.training.expert import load_expert, make_expert_extra_loss, train_expert, validation_auroc
+from generator.training.presets import require_same_snapshot
 from generator.training.trainer import choose_device
 
 PROPOSED_VARIANTS = ("expert", "expert-al")
@@ -64,9 +66,9 @@ class ActiveLearningSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config, **overrides):
-        """Rounds, fraction and seed from the run configuration; fine-tuning sized like half a counterfactual stage."""
-        preset = config.resolved_preset()
+    def from_config(cls, config, preset, **overrides):
+        """Rounds, fraction and seed from the run configuration; fine-tuning sized like half a counterfactual stage of
+        the run's preset snapshot."""
         settings = {
             "rounds": config.al_rounds,
             "fraction": config.al_fraction,
@@ -77,9 +79,17 @@ class ActiveLearningSettings:
 
 
 def run_proposed(
-    config, splits, out_dir, progress=None, resume=False, expert_weights=DEFAULT_EXPERT_WEIGHTS, al_settings=None
+    config,
+    preset,
+    splits,
+    out_dir,
+    progress=None,
+    resume=False,
+    expert_weights=DEFAULT_EXPERT_WEIGHTS,
+    al_settings=None,
 ):
-    """Train the proposed model (variant "expert" or "expert-al"); returns the pipeline's summary, extended.
+    """Train the proposed model (variant "expert" or "expert-al") with the run's preset snapshot `preset`; returns the
+    pipeline's summary, extended.
 
     Adds "expert" (source, weights, validation AUROC per class) and, for "expert-al", "active_learning" (one record
     per round with the selected ids and forgetting histograms, and the final histogram) and a checkpoint per round
@@ -109,13 +119,15 @@ def run_proposed(
         left = max(0.0, budget - (time.monotonic() - started))
         share = 1.0 - ACTIVE_LEARNING_BUDGET_SHARE / (1.0 - EXPERT_BUDGET_SHARE) if with_al else 1.0
         stage_config = replace(config, time_budget_s=left * share)
-    summary = pipeline.train(stage_config, splits, out_dir, progress=progress, resume=resume, extra_loss=extra_loss)
+    summary = pipeline.train(
+        stage_config, preset, splits, out_dir, progress=progress, resume=resume, extra_loss=extra_loss
+    )
     summary["expert"] = expert_report
     if "planned_steps" in expert_report:
         stages = {"expert": expert_report, **summary["stages"]}
         summary["under_trained"] = under_trained_stages(stages)
     if config.variant == "expert-al":
-        settings = al_settings or ActiveLearningSettings.from_config(config)
+        settings = al_settings or ActiveLearningSettings.from_config(config, preset)
         if budget is not None and settings.time_budget_s is None:
             settings = replace(settings, time_budget_s=max(0.0, budget - (time.monotonic() - started)))
         report = run_active_learning(summary["checkpoint"], splits, out_dir, extra_loss, settings, progress, resume)
@@ -222,6 +234,7 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
         path = out_dir / f"round-{k}.pt"
         if resume and path.is_file():
             state = load_checkpoint(path)
+            require_same_snapshot(meta["preset"], state["meta"]["preset"], path)
             model.hvae.load_state_dict(state["hvae_ema"])
             added = state["added"]
             train_set = extend_dataset(train_set, added["x"], added["pa"], added["ids"])

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from generator.data.graph import BINARY, CONTINUOUS
 from generator.training.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from generator.training.presets import require_same_snapshot
 
 
 class DatasetError(ValueError):
@@ -228,11 +229,16 @@ def run_stage(
     checkpoint_every=100,
     history_every=10,
 ):
-    """Drive `task` for `total_steps` steps; returns (metrics, history, steps done)."""
+    """Drive `task` for `total_steps` steps; returns (metrics, history, steps done).
+
+    With `meta["preset"]` (the run's snapshot), a partial checkpoint written with another snapshot is refused.
+    """
     rank, _ = world()
     step, history = 0, []
     if resume and partial_path is not None and Path(partial_path).is_file():
         state = load_checkpoint(partial_path)
+        if meta and "preset" in meta:
+            require_same_snapshot(meta["preset"], state["meta"].get("preset"), partial_path)
         task.load_state_dict(state["task"])
         restore_rng(state["rng"])
         step, history = state["step"], state["history"]

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 from tqdm import tqdm
 
-from generator import services
+from generator.services import evaluation, reports, runs
+from generator.services.requests import EvaluationRequest
+from jobs import runner
 
 
 class Command(BaseCommand):
@@ -30,71 +30,46 @@ class Command(BaseCommand):
         if bool(opts["run"]) == bool(opts["compare"]):
             raise CommandError("give either a RUN to evaluate or --compare RUN_A RUN_B ...")
         try:
-            if opts["compare"]:
-                self.compare(opts)
-            else:
-                self.evaluate(opts)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
-
-    def evaluate(self, opts):
-        run = services.find_run(opts["run"])
-        if opts["background"]:
-            job = self.enqueue(
-                runs=[run.name],
+            request = EvaluationRequest(
+                runs=opts["compare"] or [opts["run"]],
                 checkpoint=opts["checkpoint"],
                 n=opts["n"],
                 seed=opts["seed"],
-                json_path=opts["json"],
-                figures_dir=opts["figures"],
                 n_boot=opts["n_boot"],
-            )
-            self.stdout.write(f"queued job {job.pk}")
-            return
-        with tqdm(total=1000, desc="evaluation", file=self.stderr) as bar:
-
-            def progress(fraction, message):
-                bar.update(max(0, round(fraction * 1000) - bar.n))
-                bar.set_postfix_str(message[-60:], refresh=False)
-
-            results = services.evaluate_run(
-                run,
-                opts["checkpoint"],
-                n=opts["n"],
-                seed=opts["seed"],
                 json_path=opts["json"],
                 figures_dir=opts["figures"],
                 expert=opts["expert"],
-                n_boot=opts["n_boot"],
-                progress=progress,
+                compare=bool(opts["compare"]),
+                compare_dir=opts["out"],
             )
-        for row in services.metrics_rows(run):
-            if any(row["Model"] == services.model_label(run, label) for label in results):
-                self.stdout.write("  " + "; ".join(f"{k}: {v}" for k, v in row.items()))
-        folder = services.run_directory(run) / "evaluation"
-        self.stdout.write(self.style.SUCCESS(f"evaluated {', '.join(results)}; reports in {folder}"))
+            runs_asked = [runs.find_run(name) for name in request.runs]
+            if opts["background"]:
+                job = runner.enqueue("evaluate_generator", **request.to_params())
+                self.stdout.write(f"queued job {job.pk}")
+                return
+            for run in runs_asked:
+                if request.compare and not run.metrics:
+                    self.stdout.write(f"{run.name} has no metrics yet: evaluating it first")
+            with tqdm(total=1000, desc="evaluation", file=self.stderr) as bar:
 
-    def compare(self, opts):
-        runs = [services.find_run(name) for name in opts["compare"]]
-        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-        out = opts["out"] or str(Path(settings.ARTIFACTS_ROOT) / "comparisons" / stamp)
-        if opts["background"]:
-            job = self.enqueue(
-                runs=[run.name for run in runs], n=opts["n"], seed=opts["seed"], n_boot=opts["n_boot"], compare_dir=out
-            )
-            self.stdout.write(f"queued job {job.pk}")
+                def progress(fraction, message):
+                    bar.update(max(0, round(fraction * 1000) - bar.n))
+                    bar.set_postfix_str(message[-60:], refresh=False)
+
+                outcome = evaluation.evaluate(request, progress=progress)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if outcome["comparison"]:
+            self.stdout.write(Path(outcome["comparison"]["markdown"]).read_text())
+            folder = Path(outcome["comparison"]["markdown"]).parent
+            self.stdout.write(self.style.SUCCESS(f"comparison written to {folder}"))
             return
-        for run in runs:
-            if not run.metrics:
-                self.stdout.write(f"{run.name} has no metrics yet: evaluating it first")
-                self.evaluate({**opts, "run": run.name, "json": None, "figures": None})
-                run.refresh_from_db()
-        paths = services.compare_runs(runs, out)
-        self.stdout.write(Path(paths["markdown"]).read_text())
-        self.stdout.write(self.style.SUCCESS(f"comparison written to {out}"))
-
-    def enqueue(self, **params):
-        import generator.tasks  # noqa: F401  (registers the job kinds)
-        from studyplatform import jobs
-
-        return jobs.enqueue("evaluate_generator", **params)
+        (run,) = runs_asked
+        run.refresh_from_db()
+        labels = {reports.model_label(run, label) for label in outcome["evaluated"][run.name]}
+        for row in reports.metrics_rows(run):
+            if row["Model"] in labels:
+                self.stdout.write("  " + "; ".join(f"{k}: {v}" for k, v in row.items()))
+        folder = runs.run_directory(run) / "evaluation"
+        evaluated = ", ".join(outcome["evaluated"][run.name])
+        self.stdout.write(self.style.SUCCESS(f"evaluated {evaluated}; reports in {folder}"))

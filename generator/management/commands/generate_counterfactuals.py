@@ -3,7 +3,9 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from generator import services
+from generator.services import counterfactuals, runs
+from generator.services.requests import CounterfactualRequest
+from jobs import runner
 
 
 class Command(BaseCommand):
@@ -29,46 +31,30 @@ class Command(BaseCommand):
         parser.add_argument("--background", action="store_true", help="queue a background job and return")
 
     def handle(self, *args, **opts):
-        sources = opts["ids"] or opts["images"]
-        # Every image under every intervention, image by image.
-        expanded = [source for source in sources for _ in opts["do"]]
-        interventions = [do for _ in sources for do in opts["do"]]
-        key = "ids" if opts["ids"] else "image_files"
         try:
-            run = services.find_run(opts["run"])
-            dataset = services.find_dataset(opts["dataset"]) if opts["dataset"] else None
+            request = CounterfactualRequest.every_image_under_each(
+                opts["run"],
+                opts["do"],
+                ids=opts["ids"] or [],
+                images=opts["images"] or [],
+                dataset=opts["dataset"],
+                out_dir=opts["out"],
+                samples=opts["samples"],
+                checkpoint=opts["checkpoint"],
+                seed=opts["seed"],
+                expert=opts["expert"],
+            )
+            runs.find_run(request.run)
+            if request.dataset:
+                runs.find_dataset(request.dataset)
             if opts["background"]:
-                import generator.tasks  # noqa: F401
-                from studyplatform import jobs
-
-                if dataset is not None and dataset != run.dataset:
-                    raise ValueError("--background uses the run's own data set; leave out --dataset")
-                job = jobs.enqueue(
-                    "generate_counterfactuals",
-                    run_id=str(run.pk),
-                    do=interventions,
-                    ids=expanded if key == "ids" else None,
-                    images=expanded if key == "image_files" else None,
-                    out_dir=opts["out"],
-                    samples=opts["samples"],
-                    checkpoint=opts["checkpoint"],
-                    seed=opts["seed"],
-                    expert=opts["expert"],
-                )
+                job = runner.enqueue("generate_counterfactuals", **request.to_params())
                 self.stdout.write(f"queued job {job.pk}")
                 return
-            with tqdm(total=len(expanded), desc="counterfactuals", file=self.stderr) as bar:
-                folder, manifest = services.generate_counterfactuals(
-                    run,
-                    interventions,
-                    **{key: expanded},
-                    dataset=dataset,
-                    out_dir=opts["out"],
-                    samples=opts["samples"],
-                    checkpoint=opts["checkpoint"],
-                    seed=opts["seed"],
-                    expert=opts["expert"],
-                    progress=lambda fraction, message: bar.update(round(fraction * len(expanded)) - bar.n),
+            count = len(request.do)
+            with tqdm(total=count, desc="counterfactuals", file=self.stderr) as bar:
+                folder, manifest = counterfactuals.generate_counterfactuals(
+                    request, progress=lambda fraction, message: bar.update(round(fraction * count) - bar.n)
                 )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc

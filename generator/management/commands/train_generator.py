@@ -3,8 +3,9 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from generator import services
 from generator.models import TrainingRun
+from generator.services import runs, training
+from generator.services.requests import TrainingRequest
 
 
 class StageBars:
@@ -55,14 +56,15 @@ class Command(BaseCommand):
             if opts["create_only"]:
                 self.stdout.write(f"run {run.name} created; train it with --name {run.name} --resume")
                 return
+            request = TrainingRequest(run=run.name, resume=opts["resume"])
             if opts["background"]:
-                job = services.start_training_job(run, resume=opts["resume"])
+                job = runs.start_training_job(request)
                 self.stdout.write(f"run {run.name}: queued job {job.pk}")
                 return
             self.stdout.write(f"run {run.name} ({run.variant}, preset {run.preset}, seed {run.seed}) on {run.dataset}")
-            bars = StageBars(self.stderr) if services.is_main_process() else None
+            bars = StageBars(self.stderr) if training.is_main_process() else None
             try:
-                run = services.run_training(run, progress=bars, resume=opts["resume"])
+                run = training.run_training(request, progress=bars)
             finally:
                 if bars is not None:
                     bars.close()
@@ -78,11 +80,11 @@ class Command(BaseCommand):
         if opts["resume"]:
             if not opts["name"]:
                 raise ValueError("--resume needs --name of the run to continue")
-            return services.find_run(opts["name"])
+            return runs.find_run(opts["name"])
         if not opts["dataset"]:
             raise ValueError("--dataset is required for a new run")
-        return services.create_training_run(
-            services.find_dataset(opts["dataset"]),
+        return runs.create_training_run(
+            runs.find_dataset(opts["dataset"]),
             opts["variant"],
             opts["preset"],
             seed=opts["seed"],

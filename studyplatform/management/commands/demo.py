@@ -206,8 +206,9 @@ class Command(BaseCommand):
         """The finished run of this variant, training (or resuming) it when needed."""
         from tqdm import tqdm
 
-        from generator import services
         from generator.models import TrainingRun
+        from generator.services import runs, training
+        from generator.services.requests import TrainingRequest
 
         name = f"demo-{variant}{mode.suffix}"
         run = TrainingRun.objects.filter(name=name).first()
@@ -218,7 +219,7 @@ class Command(BaseCommand):
             raise CommandError(f"--skip-training: the run {name!r} has not finished; run the demo without it once")
         resume = run is not None
         if run is None:
-            run = services.create_training_run(
+            run = runs.create_training_run(
                 dataset,
                 variant=variant,
                 preset=mode.preset,
@@ -241,7 +242,7 @@ class Command(BaseCommand):
             bar.set_postfix_str(str(message)[:60], refresh=True)
 
         try:
-            run = services.run_training(run, progress=progress, resume=resume)
+            run = training.run_training(TrainingRequest(run=run.name, resume=resume), progress=progress)
         finally:
             for bar in bars.values():
                 bar.close()
@@ -250,7 +251,8 @@ class Command(BaseCommand):
         return run
 
     def evaluate(self, baseline, proposed, mode, folder):
-        from generator import services
+        from generator.services import evaluation, reports
+        from generator.services.requests import EvaluationRequest
 
         table = folder / "comparison.md"
         if table.exists():
@@ -266,28 +268,28 @@ class Command(BaseCommand):
                     bar.n = round(100 * fraction)
                     bar.set_postfix_str(str(message)[:60], refresh=True)
 
-                services.evaluate_run(
-                    run,
-                    checkpoint,
+                request = EvaluationRequest(
+                    runs=[run.name],
+                    checkpoint=checkpoint,
                     n=mode.eval_images,
                     seed=0,
-                    figures_dir=folder / "figures" / run.name,
+                    figures_dir=str(folder / "figures" / run.name),
                     n_boot=200,
                     expert_steps=mode.eval_expert_steps,
                     predictor_epochs=mode.eval_predictor_epochs,
-                    progress=progress,
                 )
+                evaluation.evaluate(request, progress=progress)
             run.refresh_from_db()
-        services.compare_runs([baseline, proposed], folder)
+        reports.compare_runs([baseline, proposed], folder)
         self.stdout.write(table.read_text())
         return folder
 
     def build_study(self, dataset, baseline, proposed, mode):
         """12 Block-1 patients (real + both models' counterfactuals of one condition) and 12 diseased Block-2 cases
         (real + each model's "if healthy" counterfactual), from held-out real images of the NIH sample."""
-        from generator import services as generator_services
         from studyplatform import default_texts, services
         from studyplatform.models import Study
+        from studyplatform.stimuli import StimulusRequest, generate_stimuli
 
         study = Study.objects.filter(slug=mode.study_slug).first()
         if study is not None and study.status == Study.Status.OPEN:
@@ -340,7 +342,10 @@ class Command(BaseCommand):
                 bar.n = round(100 * fraction)
                 bar.set_postfix_str(str(message)[:60], refresh=True)
 
-            generator_services.generate_stimuli(study, baseline, proposed, seed=0, progress=progress)
+            generate_stimuli(
+                StimulusRequest(study_id=study.pk, baseline_run=baseline.name, proposed_run=proposed.name, seed=0),
+                progress=progress,
+            )
         study = services.open_study(study)
         self.stdout.write(f"  study {study.slug!r} opened: {len(block1)} Block-1 patients, {len(block2)} Block-2 cases")
         return study
@@ -484,7 +489,7 @@ def choose_cases(dataset, resolution, n_block1=12, n_block2=12):
     """Real images of the held-out test split that pass the stimulus screening (adults, frontal views, no large
     blank border), for both blocks without repeats: Block 1 balanced over the three conditions, Block 2 half
     effusion, half pneumonia as far as the split allows (effusion fills up)."""
-    from generator.services import stimulus_candidates
+    from generator.services.stimuli import stimulus_candidates
 
     candidates, screened_out = stimulus_candidates(dataset, resolution)
     pool = {condition: [] for condition in CONDITIONS}
