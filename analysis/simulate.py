@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats import ANSWER_COLUMNS
+from studycolumns import ANSWER_COLUMNS
 
 SOURCES = ("real", "baseline", "proposed")
 MODELS = ("baseline", "proposed")

@@ -1,9 +1,10 @@
-// Trial page behaviour: response time, the slider that must be moved, and one submission per click.
+// Trial page behaviour: response time, sliders that must be moved, and one submission per click. The page's
+// questions say what they are (data-kind) and what to ask for while unanswered (data-missing), so nothing here
+// knows a question by name.
 (function () {
   "use strict";
   var form = document.getElementById("trial-form");
   if (!form) return;
-  var phase = form.dataset.phase;
   var shownAt = performance.now();
   var images = Array.prototype.slice.call(form.querySelectorAll("img.xray"));
   var pending = images.filter(function (img) { return !img.complete; }).length;
@@ -16,29 +17,35 @@
     }
   });
 
-  var slider = document.getElementById("realness");
-  var moved = document.getElementById("slider_moved");
-  var output = document.getElementById("realness-value");
-  if (slider) {
+  Array.prototype.forEach.call(form.querySelectorAll("fieldset[data-kind=slider]"), function (fieldset) {
+    var slider = fieldset.querySelector("input[type=range]");
+    var moved = fieldset.querySelector("input[data-moved]");
+    var output = document.getElementById(slider.id + "-value");
+    var sliderHint = document.getElementById(slider.id + "-hint");
     slider.classList.add("untouched");
     slider.addEventListener("input", function () {
       moved.value = "1";
       slider.classList.remove("untouched");
       output.hidden = false;
       output.textContent = slider.value;
-      document.getElementById("slider-hint").textContent = "Your rating: " + slider.value;
+      sliderHint.textContent = "Your rating: " + slider.value;
     });
-  }
+  });
 
   var hint = document.getElementById("submit-hint");
   var sent = false;
+  // Whether a question of each kind has its answer.
+  var answered = {
+    choice: function (fieldset) { return fieldset.querySelector("input:checked") !== null; },
+    scale: function (fieldset) { return fieldset.querySelector("input:checked") !== null; },
+    checklist: function (fieldset) { return fieldset.querySelector("input:checked") !== null; },
+    slider: function (fieldset) { return fieldset.querySelector("input[data-moved]").value === "1"; }
+  };
   function missingAnswers() {
     var missing = [];
-    if (!form.querySelector("input[name=diagnosis]:checked")) missing.push("choose a diagnosis");
-    if (phase === "block1" && moved.value !== "1") missing.push("move the realness slider");
-    if ((phase === "pre" || phase === "post") && !form.querySelector("input[name=confidence]:checked")) {
-      missing.push("choose your confidence");
-    }
+    Array.prototype.forEach.call(form.querySelectorAll("fieldset[data-missing]"), function (fieldset) {
+      if (!answered[fieldset.dataset.kind](fieldset)) missing.push(fieldset.dataset.missing);
+    });
     return missing.length ? "Please " + missing.join(" and ") + "." : "";
   }
   // A hint once shown follows the answer: it shrinks as parts are given and is gone once nothing is missing.
@@ -55,7 +62,10 @@
       hint.textContent = missing;
       return;
     }
-    document.getElementById("rt_ms").value = String(Math.max(0, Math.round(performance.now() - shownAt)));
+    var elapsed = String(Math.max(0, Math.round(performance.now() - shownAt)));
+    Array.prototype.forEach.call(form.querySelectorAll("input[data-kind=elapsed]"), function (input) {
+      input.value = elapsed;
+    });
     sent = true;
     document.getElementById("submit-answer").setAttribute("aria-disabled", "true");
   });

@@ -33,9 +33,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response as ApiResponse
 from rest_framework.routers import DefaultRouter
 
-from studyplatform import export, images, ratelimit, services
+from studyplatform import export, images, questions, ratelimit, services
 from studyplatform.models import Case, Participant, Response, Stimulus, Study
-from studyplatform.models.study import CONDITION_CHOICES
 from studyplatform.parsers import BoundedJSONParser
 from studyplatform.permissions import RAW_IDS_PERMISSION, StaffModelPermissions
 
@@ -362,16 +361,42 @@ Step = inline_serializer(
         "completion_url": serializers.CharField(required=False),
     },
 )
+
+
+def _number_field(question, required):
+    """A whole number; the bounds that are fixed are stated, those that are study settings the service checks."""
+    fixed = [bound if isinstance(bound, int) else None for bound in question.bounds]
+    return serializers.IntegerField(min_value=fixed[0], max_value=fixed[1], required=required)
+
+
+# The schema of each kind of question's answer (the choices of a choice are those of the column that stores it).
+ANSWER_SCHEMA_FIELDS = {
+    questions.CHOICE: lambda question, required: serializers.ChoiceField(
+        Response._meta.get_field(question.name).choices, required=required
+    ),
+    questions.CHECKLIST: lambda question, required: serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=required
+    ),
+    questions.SCALE: _number_field,
+    questions.SLIDER: _number_field,
+    questions.ELAPSED: _number_field,
+}
+
+
+def _answer_schema_fields(question):
+    """The answer fields of one question for the schema; a field is required where every phase asks its question."""
+    required = question.required and questions.phases_asking(question.name) == tuple(questions.PHASE_QUESTIONS)
+    fields = {question.name: ANSWER_SCHEMA_FIELDS[question.kind](question, required)}
+    if question.moved_field:
+        fields[question.moved_field] = serializers.BooleanField(required=False)
+    return fields
+
+
 AnswerIn = inline_serializer(
     "AnswerIn",
     {
         "trial": serializers.CharField(),
-        "diagnosis": serializers.ChoiceField(CONDITION_CHOICES),
-        "rt_ms": serializers.IntegerField(min_value=0),
-        "realness": serializers.IntegerField(required=False),
-        "slider_moved": serializers.BooleanField(required=False),
-        "reasons": serializers.ListField(child=serializers.IntegerField(), required=False),
-        "confidence": serializers.IntegerField(required=False),
+        **{name: field for question in questions.QUESTIONS for name, field in _answer_schema_fields(question).items()},
     },
 )
 ProblemOut = inline_serializer(
@@ -516,13 +541,7 @@ def participant_answer(request, token):
     response, created = services.answer_session({"token": token}, data.get("trial"), answer)
     # The session as the answer left it; its next step needs no second read of the participant.
     participant = response.participant
-    stored = {
-        "diagnosis": response.diagnosis,
-        "realness": response.realness,
-        "reasons": response.reasons,
-        "confidence": response.confidence,
-        "rt_ms": response.rt_ms,
-    }
+    stored = {question.name: getattr(response, question.name) for question in questions.QUESTIONS}
     payload = {"created": created, "answer": stored, "next": _step_payload(participant)}
     return ApiResponse(payload, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from studycolumns import ANSWER_COLUMNS, PARTICIPANT_COLUMNS
+from studyplatform import questions
 from studyplatform.models import Participant, Response
 
 FORMULA_PREFIXES = ("=", "+", "-", "@")
@@ -38,7 +40,8 @@ def _timestamp(value):
 
 def answer_rows(study, raw_ids=False):
     """The study's answers as dicts with ANSWER_COLUMNS, in participant and serving order (attention checks are
-    not answers about images and are left out)."""
+    not answers about images and are left out). The answer cells come from the question table: each question's
+    stored answer, empty where the phase did not ask it."""
     responses = (
         Response.objects.filter(participant__study=study)
         .exclude(phase=Response.Phase.ATTENTION)
@@ -51,7 +54,7 @@ def answer_rows(study, raw_ids=False):
         # The correct answer is the condition the shown image depicts: the patient's own for a real image, the
         # intervened one for a counterfactual. Block 2 asks about the real image, also beside its counterfactual.
         true_condition = shown.condition
-        yield {
+        row = {
             "participant": participant.label,
             "external_id": participant.external_id if raw_ids else pseudonymise(study, participant.external_id),
             "block": response.block,
@@ -61,18 +64,16 @@ def answer_rows(study, raw_ids=False):
             "true_condition": true_condition,
             "phase": response.phase,
             "cf_model": response.cf_model,
-            "diagnosis": response.diagnosis,
             "correct": int(response.diagnosis == true_condition),
-            "realness": response.realness,
             "slider_start": response.slider_start,
-            "reasons": ";".join(str(number) for number in response.reasons),
-            "n_reasons": len(response.reasons) if response.block == 1 else None,
-            "confidence": response.confidence,
-            "rt_ms": response.rt_ms,
             "answered_at": _timestamp(response.answered_at),
             "block1_design": study.block1_design,
             "simulated": int(participant.simulated),
         }
+        asked = {question.name for question in questions.asked_in(response.phase)}
+        for question in questions.QUESTIONS:
+            row.update(question.export_cells(getattr(response, question.name), question.name in asked))
+        yield row
 
 
 def participant_rows(study, raw_ids=False):
@@ -110,16 +111,10 @@ def write_csv(rows, columns, fileobj):
 
 
 def write_answers_csv(study, fileobj, raw_ids=False):
-    # The column contract lives with the analysis, whose import loads pandas and SciPy: imported only when a file is
-    # written, so that the web process (which imports this module for the admin and the staff API) does not.
-    from analysis.stats import ANSWER_COLUMNS
-
     return write_csv(answer_rows(study, raw_ids), ANSWER_COLUMNS, fileobj)
 
 
 def write_participants_csv(study, fileobj, raw_ids=False):
-    from analysis.stats import PARTICIPANT_COLUMNS
-
     return write_csv(participant_rows(study, raw_ids), PARTICIPANT_COLUMNS, fileobj)
 
 

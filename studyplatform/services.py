@@ -25,7 +25,7 @@ from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, get_random_string
 
-from studyplatform import counterbalance, images, ratelimit
+from studyplatform import counterbalance, images, questions, ratelimit
 from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
 from studyplatform.models.study import CONDITIONS
 
@@ -39,15 +39,10 @@ SLUG_PATTERN = re.compile(r"^[-a-zA-Z0-9_]{1,60}$")
 # Entry fields other than the PROLIFIC_PID (Prolific's STUDY_ID and SESSION_ID): printable text without control
 # characters, at most 100 characters.
 ENTRY_TEXT_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{0,100}$")
-# Numbers arrive as JSON integers or, from the form, as ASCII digits; "٣", "５０" or "²" are not numbers here.
-ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
-ASCII_REASON_NUMBER = re.compile(r"[0-9]{1,3}")
-MAX_RT_MS = 24 * 3600 * 1000
 # Resume codes: 8 characters a person can read out and type (no 0/O, 1/I/L), shown as two groups of four.
 RESUME_CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 RESUME_CODE_LENGTH = 8
 CASE_FIELDS = {"label", "source_id", "position", "true_condition", "cf_condition"}
-ANSWER_FIELDS = {"diagnosis", "realness", "slider_moved", "reasons", "confidence", "rt_ms"}
 
 
 class FlowError(Exception):
@@ -1277,82 +1272,19 @@ def begin_block(participant, block):
     return participant
 
 
-def _parse_int(value, name, low, high, errors):
-    """A whole number: a JSON integer or a string of ASCII digits (what a form sends); never a bool, a float,
-    other scripts' digits or a string with signs or spaces."""
-    if value is None or value == "":
-        errors[name] = f"{name} is required (a whole number from {low} to {high})"
-        return None
-    if isinstance(value, str) and ASCII_NUMBER.fullmatch(value):
-        value = int(value)
-    if type(value) is not int or not low <= value <= high:
-        errors[name] = f"{name} must be a whole number from {low} to {high}"
-        return None
-    return value
-
-
-def _forbid(data, names, phase, errors):
-    for name in names:
-        if data.get(name) not in (None, "", []):
-            errors[name] = f"{name} is not asked in this part of the study ({phase})"
-
-
 def validate_answer(study, trial, data):
-    """Check a submitted answer against the trial's question and the study's scales; return clean values or raise
-    AnswerInvalid with one message per field."""
+    """Check a submitted answer against the questions of the trial's phase (`questions.PHASE_QUESTIONS`) and the
+    study's scales; return the values to store or raise AnswerInvalid with one message per field."""
     if not isinstance(data, dict):
         raise AnswerInvalid("The answer must be an object of fields.")
     errors = {}
-    unknown = sorted(set(data) - ANSWER_FIELDS)
+    unknown = sorted(set(data) - questions.ANSWER_FIELDS)
     if unknown:
         errors["unknown"] = f"unknown fields: {', '.join(map(str, unknown))}"
-    clean = {"diagnosis": data.get("diagnosis"), "realness": None, "reasons": [], "confidence": None}
-    if clean["diagnosis"] not in CONDITIONS:
-        errors["diagnosis"] = f"diagnosis must be one of {', '.join(CONDITIONS)}"
-    clean["rt_ms"] = _parse_int(data.get("rt_ms"), "rt_ms", 0, MAX_RT_MS, errors)
-    phase = trial["phase"]
-    if phase == "block1":
-        clean["realness"] = _parse_int(data.get("realness"), "realness", study.realness_min, study.realness_max, errors)
-        moved = data.get("slider_moved")
-        if moved is not True and not (isinstance(moved, str) and moved in ("true", "1", "on")):
-            errors["slider_moved"] = "move the realness slider before continuing"
-        clean["reasons"] = _parse_reasons(data.get("reasons"), len(study.reasons), errors)
-        _forbid(data, ["confidence"], phase, errors)
-    elif phase in ("pre", "post"):
-        clean["confidence"] = _parse_int(
-            data.get("confidence"), "confidence", study.confidence_min, study.confidence_max, errors
-        )
-        _forbid(data, ["realness", "reasons", "slider_moved"], phase, errors)
-    else:
-        _forbid(data, ["realness", "reasons", "slider_moved", "confidence"], phase, errors)
+    clean = questions.clean_answer(study, trial["phase"], data, errors)
     if errors:
         raise AnswerInvalid("Please check your answer: " + "; ".join(errors.values()), errors)
     return clean
-
-
-def _parse_reasons(value, n_reasons, errors):
-    """A list of reason numbers (JSON integers, or ASCII digit strings from the form's checkboxes); absent or null
-    is none ticked. A single number that is not in a list is refused."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        errors["reasons"] = f"reasons must be a list of numbers from 1 to {n_reasons}"
-        return []
-    numbers = []
-    for item in value:
-        number = None
-        if type(item) is int:
-            number = item
-        elif isinstance(item, str) and ASCII_REASON_NUMBER.fullmatch(item):
-            number = int(item)
-        if number is None or not 1 <= number <= n_reasons:
-            errors["reasons"] = f"reasons must be numbers from 1 to {n_reasons}"
-            return []
-        numbers.append(number)
-    if len(set(numbers)) != len(numbers):
-        errors["reasons"] = "each reason can be ticked once"
-        return []
-    return sorted(numbers)
 
 
 def submit_answer(participant, trial_id, data):
@@ -1521,8 +1453,12 @@ def public_trial(participant, trial, tokens):
     }
     if trial.get("cf_stimulus"):
         shown["images"].append(tokens[trial["cf_stimulus"]])
-    if trial["phase"] == "block1":
-        shown["slider_start"] = trial["slider_start"]
+    # A slider's random start is part of its question (the page sets the slider there).
+    shown.update(
+        (question.start_field, trial[question.start_field])
+        for question in questions.asked_in(trial["phase"])
+        if question.start_field
+    )
     if trial["phase"] == "attention":
         shown["instruction"] = trial["instruction"]
     return shown

@@ -12,10 +12,11 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from studyplatform import images, ratelimit, services
+from studyplatform import images, questions, ratelimit, services
 from studyplatform.models import Stimulus, Study
 
 ENTRY_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
@@ -237,12 +238,14 @@ def invite_entry(request, slug, token):
 
 
 def _answer_from_form(post):
-    """The answer fields the trial form sent, as the service expects them. Validation refuses a field that the
-    trial's phase does not ask for, as it does for the JSON API."""
-    answer = {"diagnosis": post.get("diagnosis", ""), "rt_ms": post.get("rt_ms", "")}
-    answer.update((name, post[name]) for name in ("realness", "slider_moved", "confidence") if name in post)
-    if "reasons" in post:
-        answer["reasons"] = post.getlist("reasons")
+    """The answer fields the trial form sent (those of the question table), as the service expects them: a checklist
+    as the list of its ticked values. Validation refuses a field that the trial's phase does not ask for, as it does
+    for the JSON API."""
+    answer = {}
+    for question in questions.QUESTIONS:
+        for name in question.fields:
+            if name in post:
+                answer[name] = post.getlist(name) if question.kind == questions.CHECKLIST else post[name]
     return answer
 
 
@@ -317,20 +320,45 @@ def _page(request, study, participant, errors=None, submitted=None):
     if step["state"] == "trial":
         context["image_urls"] = _stimulus_urls(step["trial"]["images"])
         context["preload_urls"] = _stimulus_urls(step["preload"])
-        # Each option with whether it is checked (the answer sent back after a refusal), so the template compares
-        # nothing: a comparison with a field the answer lacks is a failed template lookup, which is costly.
-        context["diagnosis_options"] = [
-            (value, label, submitted.get("diagnosis") == value) for value, label in study.diagnosis_choices
-        ]
-        context["reasons"] = list(enumerate(study.reasons, start=1))
-        context["confidence_options"] = [
-            (value, submitted.get("confidence") == str(value))
-            for value in range(study.confidence_min, study.confidence_max + 1)
-        ]
+        context["questions"] = _trial_questions(study, step["trial"], submitted)
         return render(request, "study/trial.html", context, status=status)
     if step["state"] == "complete":
         return render(request, "study/complete.html", context)
     return render(request, "study/ended.html", context)
+
+
+def _trial_questions(study, trial, submitted):
+    """The trial page's questions, each rendered by the snippet of its kind from what it shows: the question's
+    fields, its bounds, a slider's start and its options, each with whether it is checked (the answer sent back
+    after a refusal)."""
+    shown = []
+    for question in questions.asked_in(trial["phase"]):
+        sent = submitted.get(question.name, [])
+        sent = {str(value) for value in (sent if isinstance(sent, list) else [sent])}
+        low, high = question.bounds_in(study) or (None, None)
+        field = (
+            ("name", question.name),
+            ("label", question.label),
+            ("required", question.required),
+            ("missing", question.missing),
+            ("moved_field", question.moved_field),
+            ("low", low),
+            ("high", high),
+            ("anchors", question.anchors),
+            ("start", trial.get(question.start_field)),
+            ("options", tuple((value, label, str(value) in sent) for value, label in question.options_in(study))),
+        )
+        shown.append(_question_html(question.template, field))
+    return shown
+
+
+@functools.lru_cache(maxsize=2048)
+def _question_html(template, field):
+    """A question's snippet, rendered once per process for each question, study setting, slider start and answer
+    sent back: every trial of a phase shows the same questions, and rendering them anew (a few microseconds per
+    variable, repeated for every option) would cost more than the rest of the trial page. Rendered apart from the
+    page, each snippet turns localisation off itself, as the page does around its numbers."""
+    return render_to_string(template, {"field": dict(field)})
 
 
 @require_http_methods(["GET", "POST"])

@@ -38,3 +38,39 @@ def test_the_check_sees_the_core(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from django.db import models\nimport celery\n")
     assert list(imported_modules(bad)) == ["django.db", "celery"]
+
+
+def package_imports(package):
+    return [
+        (path.relative_to(ROOT), module)
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for module in imported_modules(path)
+    ]
+
+
+def test_the_study_app_never_imports_the_analysis():
+    offenders = [
+        f"{path} imports {module}"
+        for path, module in package_imports("studyplatform")
+        if module.split(".")[0] == "analysis"
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_export_column_contract_sits_below_the_study_app_and_the_analysis():
+    project = ("studyplatform", "analysis", "generator", "jobs", "django")
+    offenders = [
+        f"{path} imports {module}"
+        for path, module in package_imports("studycolumns")
+        if module.split(".")[0] in project
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_generator_app_never_imports_the_study_app():
+    offenders = [
+        f"{path} imports {module}"
+        for path, module in package_imports("generator")
+        if module.split(".")[0] == "studyplatform"
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -8,9 +8,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from generator import services as generator_services
 from generator.models import Dataset, TrainingRun
 from generator.registry import register_dataset
+from generator.services import runs, training
+from generator.services.requests import TrainingRequest
 from studyplatform import services
 from studyplatform.models import AuditLog, Stimulus
 from tests.factories import StudyFactory, add_block1_case
@@ -102,12 +103,12 @@ def test_an_intact_copy_imports(nih_copy):
 def test_an_image_corrupted_after_registration_fails_training_cleanly(nih_copy, settings, tmp_path):
     settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
     dataset = register_dataset(kind="nih", root=nih_copy, resolution=32, name="nih-ok")
-    run = generator_services.create_training_run(dataset, "baseline", "test-32", steps=1)
+    run = runs.create_training_run(dataset, "baseline", "test-32", steps=1)
     name = first_listed_image(nih_copy)
     replace_image(nih_copy, name, b"\x89PNG\r\n\x1a\n broken")
 
     with pytest.raises(ValueError, match=name):
-        generator_services.run_training(run)
+        training.run_training(TrainingRequest(run.name))
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and name in run.error
     assert run.checkpoints == {}

@@ -3,8 +3,8 @@ bar), and a trial's validation hint follows the answer and disappears once nothi
 
 import pytest
 
-from generator import services as generator_services
 from generator.models import Dataset, TrainingRun
+from generator.services import reports
 from studyplatform.models import Study
 from tests.factories import complete_study
 from tests.test_browser_session import CHROMEDRIVER, CHROMIUM, Browser
@@ -78,7 +78,7 @@ def test_case_list_study_page_and_run_metrics_fit_1440_px(
         {"Model": f"{checkpoint} ({run.name})", **{metric: "0.488 [0.257, 0.711]" for metric in METRICS}}
         for checkpoint in CHECKPOINTS
     ]
-    monkeypatch.setattr(generator_services, "metrics_rows", lambda run: rows)
+    monkeypatch.setattr(reports, "metrics_rows", lambda run: rows)
 
     browser = admin_browser(live_server, django_user_model)
     try:
