@@ -11,7 +11,7 @@ from studyplatform import services
 from studyplatform.models import AuditLog, Participant, Response
 from tests.factories import valid_answer
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
 def database_gone(*args, **kwargs):

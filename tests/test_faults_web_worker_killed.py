@@ -15,7 +15,7 @@ from benchmarks.participant_bots import ServerProcess
 from studyplatform.models import Participant, Response
 from tests.worker import worker_environment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 FIELD = re.compile(r'name="(csrfmiddlewaretoken|trial|block)" value="([^"]*)"')
 

@@ -14,7 +14,7 @@ from studyplatform import services
 from studyplatform.models import AuditLog, Invite, Participant, Response, Study
 from tests.factories import valid_answer
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 EXAMPLES_PER_OPERATION = 15
 

@@ -6,7 +6,7 @@ import pytest
 from benchmarks.participant_bots import run_bots, stored_answers, stored_vs_sent
 from studyplatform.models import Participant, Response
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 N_BOTS = 10
 
