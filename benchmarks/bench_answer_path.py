@@ -79,7 +79,7 @@ def run(folder):
     from django.urls import include, path
     from django.views.decorators.csrf import csrf_exempt
 
-    from tests.factories import complete_study, valid_answer
+    from tests.study.factories import complete_study, valid_answer
 
     call_command("migrate", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)

@@ -92,7 +92,7 @@ def build_study():
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    from tests.factories import complete_study
+    from tests.study.factories import complete_study
 
     return complete_study(block1_patients=12, block2_cases=12, working_size=192, display_size=512, slug="load-study")
 

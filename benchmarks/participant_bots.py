@@ -1,7 +1,7 @@
 """Simulated participants for load runs: each bot takes a whole study session through the participant JSON API over
 HTTP, fetching every image it is shown the way a browser would, and remembers every answer it sent.
 
-Used by benchmarks/bench_load.py (100 bots against gunicorn) and tests/test_load_short.py (a few bots against the
+Used by benchmarks/bench_load.py (100 bots against gunicorn) and tests/faults/test_load_short.py (a few bots against the
 test server). The bots only see what a participant's browser sees; afterwards `stored_answers` reads what the database
 holds (in the caller's Django process) and `stored_vs_sent` compares it with `Bot.sent`.
 

@@ -29,7 +29,7 @@ def media_root(settings, tmp_path):
 @pytest.fixture
 def open_study(db, media_root):
     """An open study with a complete, small stimulus set (3 Block-1 patients, 2 Block-2 cases)."""
-    from tests.factories import complete_study
+    from tests.study.factories import complete_study
 
     return complete_study()
 
