@@ -74,3 +74,12 @@ def test_the_generator_app_never_imports_the_study_app():
         if module.split(".")[0] == "studyplatform"
     ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_import_contracts_hold(monkeypatch):
+    """The contracts in pyproject.toml (no cycles between the modules of any app, the layers analysis -> study ->
+    generator -> jobs, the Django-free core) hold: the suite fails on a broken one, not only `make lint`."""
+    from importlinter.cli import lint_imports
+
+    monkeypatch.chdir(ROOT)
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
