@@ -11,6 +11,7 @@ from jobs.models import Job
 from studyplatform import export, services
 from studyplatform.forms import CaseForm, CaseInlineForm, GenerateStimuliForm, InviteForm, StudyForm
 from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
+from studyplatform.requests import StimulusRequest
 
 # --- reader studies ------------------------------------------------------------------------------------------------
 
@@ -348,8 +349,7 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
             return None
         form = GenerateStimuliForm(request.POST if "baseline_run" in request.POST else None)
         if form.is_valid():
-            job = runner.enqueue(
-                "generate_stimuli",
+            stimulus_request = StimulusRequest(
                 study_id=study.pk,
                 baseline_run=str(form.cleaned_data["baseline_run"].pk),
                 proposed_run=str(form.cleaned_data["proposed_run"].pk),
@@ -357,6 +357,7 @@ class StudyAdmin(ExportPermission, admin.ModelAdmin):
                 seed=form.cleaned_data["seed"],
                 **form.stimulus_options(),
             )
+            job = runner.enqueue("generate_stimuli", **stimulus_request.to_params())
             services.audit(request.user, "stimuli.generate", study, study, job=str(job.pk))
             self.message_user(
                 request, f"Job {job.pk} queued; its progress shows under Counterfactual generation.", messages.SUCCESS

@@ -842,7 +842,8 @@ def _lookup_field(name):
 # per database connection (and model, and set of fields), every value is prepared by its field as save() prepares it
 # (pre_save, then get_db_prep_save), it runs on the connection's cursor inside the caller's transaction (marked for
 # rollback on an error, as save() marks it), and the pre_save and post_save signals are sent. Each call only prepares
-# its values and runs the statement. `tests/study/test_session_read.py` compares their rows and statements with save()'s.
+# its values and runs the statement. `tests/study/test_session_read.py` compares their rows and statements with
+# save()'s.
 
 _compiled_writes = weakref.WeakKeyDictionary()
 

@@ -5,8 +5,6 @@ images (`generator.services.counterfactuals`) and for which images may become st
 (`generator.services.stimuli`).
 """
 
-from dataclasses import dataclass, field
-
 from django.utils import timezone
 
 from generator.services.counterfactuals import generate_counterfactuals
@@ -15,27 +13,6 @@ from generator.services.runs import find_run, run_directory
 from generator.services.stimuli import check_stimulus_splits, screen_dataset_images
 from studyplatform import services
 from studyplatform.models import Case, Study
-
-
-@dataclass
-class StimulusRequest:
-    """Both models' counterfactuals for a study's cases: the job parameters of `generate_stimuli`.
-
-    `case_ids` None is every case with a data-set image id. Source images come from `splits` (None: the test split)
-    and pass `screening` (None: the default rules, False: off, or a mapping that relaxes some rules).
-    """
-
-    study_id: int
-    baseline_run: str
-    proposed_run: str
-    case_ids: list = field(default_factory=list)
-    baseline_checkpoint: str | None = None
-    proposed_checkpoint: str | None = None
-    samples: int = 1
-    seed: int = 0
-    expert: str | None = None
-    splits: list | None = None
-    screening: dict | bool | None = None
 
 
 def generate_stimuli(request, progress=None):

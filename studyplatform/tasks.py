@@ -1,6 +1,7 @@
 """Celery discovers tasks here; the job kinds of the study app are defined in services and below."""
 
 from jobs.runner import job_task
+from studyplatform.requests import StimulusRequest
 
 
 @job_task("generate_stimuli")
@@ -12,7 +13,7 @@ def generate_stimuli(ctx, **params):
     from studyplatform import stimuli
 
     result = stimuli.generate_stimuli(
-        stimuli.StimulusRequest(**params), progress=lambda fraction, message: ctx.progress(100 * fraction, message)
+        StimulusRequest.from_params(params), progress=lambda fraction, message: ctx.progress(100 * fraction, message)
     )
     for label, reasons in result["skipped"].items():
         ctx.log(f"skipped {label}: {', '.join(reasons)}")

@@ -8,7 +8,9 @@ with `from_params`. Both paths therefore see every option, and a new option is o
 from dataclasses import asdict, dataclass, field, fields
 
 
-class _JobParameters:
+class JobParameters:
+    """A request that travels as the JSON parameters of a Job and is rebuilt from them in the worker."""
+
     def to_params(self):
         """The request as the JSON parameters of a Job."""
         return asdict(self)
@@ -23,7 +25,7 @@ class _JobParameters:
 
 
 @dataclass
-class TrainingRequest(_JobParameters):
+class TrainingRequest(JobParameters):
     """Train a recorded run (its configuration is the RunConfig stored on the run), or resume it."""
 
     run: str
@@ -31,7 +33,7 @@ class TrainingRequest(_JobParameters):
 
 
 @dataclass
-class CounterfactualRequest(_JobParameters):
+class CounterfactualRequest(JobParameters):
     """Counterfactuals of real images: image i under intervention do[i].
 
     Images are a data set's (`ids`; the run's own data set unless `dataset` names another) or files (`images`, whose
@@ -74,7 +76,7 @@ class CounterfactualRequest(_JobParameters):
 
 
 @dataclass
-class EvaluationRequest(_JobParameters):
+class EvaluationRequest(JobParameters):
     """Evaluate runs, or with `compare` write the side-by-side table of the runs (evaluating those without metrics).
 
     `checkpoint` None is each run's final model, "all" every model checkpoint. `json_path` and `figures_dir` apply when

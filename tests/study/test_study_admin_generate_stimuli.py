@@ -58,6 +58,11 @@ def test_choosing_runs_queues_one_job_with_their_ids_and_audits_it(admin_client,
         "seed": 3,
         "splits": ["test"],  # held-out images only, with the default screening, unless the researcher says otherwise
         "screening": {},
+        # the rest of the StimulusRequest, at its defaults: every case, each run's final model, the proposed expert
+        "case_ids": [],
+        "baseline_checkpoint": None,
+        "proposed_checkpoint": None,
+        "expert": None,
     }
     assert AuditLog.objects.filter(action="stimuli.generate").count() == 1
 

@@ -289,7 +289,8 @@ class Command(BaseCommand):
         (real + each model's "if healthy" counterfactual), from held-out real images of the NIH sample."""
         from studyplatform import default_texts, services
         from studyplatform.models import Study
-        from studyplatform.stimuli import StimulusRequest, generate_stimuli
+        from studyplatform.requests import StimulusRequest
+        from studyplatform.stimuli import generate_stimuli
 
         study = Study.objects.filter(slug=mode.study_slug).first()
         if study is not None and study.status == Study.Status.OPEN:
