@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats import (
-    ANSWER_COLUMNS,
-    BLOCK1_DESIGNS,
-    CONDITIONS,
-    MODELS,
-    PARTICIPANT_COLUMNS,
-    SOURCES,
-    block1_design,
-)
+from analysis.stats import BLOCK1_DESIGNS, CONDITIONS, MODELS, SOURCES, block1_design
+from studycolumns import ANSWER_COLUMNS, PARTICIPANT_COLUMNS
 
 # The participant statuses the study platform exports (studyplatform.models.Participant.Status); `block1` and
 # `block2` are participants still in the study, answering that block.
@@ -62,6 +55,8 @@ def _read_csv(source, name):
         raise FrameError(f"{name}: not a readable CSV file ({error})") from error
     except pd.errors.EmptyDataError as error:
         raise FrameError(f"{name}: the file is empty (no header row)") from error
+    if "'" not in text:  # nothing escaped: the cell-by-cell pass below would change nothing
+        return table
     return table.apply(lambda column: column.str.replace(r"^'(?=[=+\-@])", "", regex=True))
 
 
@@ -78,17 +73,18 @@ def _check_columns(table, expected, name):
 
 
 class _Problems:
-    """Collects contract violations as 'row N, column C: ...' lines (row 1 is the first data row, file line 2)."""
+    """Collects contract violations as 'row N, column C: ...' lines (row 1 is the first data row, file line 2),
+    quoting each cell as it stands in `table`, the input as read."""
 
-    def __init__(self, name):
-        self.name, self.lines, self.count = name, [], 0
+    def __init__(self, name, table):
+        self.name, self.table, self.lines, self.count = name, table, [], 0
 
-    def flag(self, mask, column, message, table):
+    def flag(self, mask, column, message):
         rows = np.flatnonzero(np.asarray(mask, dtype=bool))
         for position in rows:
             self.count += 1
             if len(self.lines) < MAX_REPORTED_PROBLEMS:
-                value = table[column].iloc[position] if column in table.columns else ""
+                value = self.table[column].iloc[position] if column in self.table.columns else ""
                 self.lines.append(f"row {position + 1} (line {position + 2}), column {column} = {value!r}: {message}")
 
     def raise_if_any(self):
@@ -97,27 +93,27 @@ class _Problems:
             raise FrameError(f"{self.name}: {self.count} problem(s)\n  " + "\n  ".join(self.lines) + more)
 
 
-def _numbers(table, column, problems, required):
-    text = table[column].str.strip()
+def _numbers(cells, column, problems, required):
+    text = cells[column]
     values = pd.to_numeric(text.where(text != ""), errors="coerce")
-    problems.flag((text != "") & values.isna(), column, "not a plain decimal number", table)
+    problems.flag((text != "") & values.isna(), column, "not a plain decimal number")
     if required is not None:
-        problems.flag(required & (text == ""), column, "required here but empty", table)
+        problems.flag(required & (text == ""), column, "required here but empty")
     low, high = NUMERIC_RANGES.get(column, (None, None))
     if low is not None:
-        problems.flag(values < low, column, f"below {low}", table)
+        problems.flag(values < low, column, f"below {low}")
     if high is not None:
-        problems.flag(values > high, column, f"above {high}", table)
+        problems.flag(values > high, column, f"above {high}")
     return values.astype(float)
 
 
-def _one_of(table, column, allowed, problems, mask=None, allow_empty=False):
-    values = table[column].str.strip()
+def _one_of(cells, column, allowed, problems, mask=None, allow_empty=False):
+    values = cells[column]
     ok = values.isin(allowed) | ((values == "") if allow_empty else False)
     if mask is not None:
         ok = ok | ~mask
     shown = "|".join(value or "(empty)" for value in (*allowed, *([""] if allow_empty else [])))
-    problems.flag(~ok, column, f"must be one of {shown}", table)
+    problems.flag(~ok, column, f"must be one of {shown}")
     return values
 
 
@@ -125,73 +121,72 @@ def tidy_answers(table, name="answers"):
     """Validate an answers table of text cells against the export contract and return the typed tidy table."""
     _check_columns(table, ANSWER_COLUMNS, name)
     table = table.reset_index(drop=True)
-    problems = _Problems(name)
+    problems = _Problems(name, table)
+    # Every check reads the stripped cells; stripping each column once keeps the checks cheap on large files.
+    cells = table.apply(lambda column: column.str.strip())
     for column in ("participant", "case"):
-        problems.flag(table[column].str.strip() == "", column, "must not be empty", table)
-    block_text = _one_of(table, "block", ("1", "2"), problems)
+        problems.flag(cells[column] == "", column, "must not be empty")
+    block_text = _one_of(cells, "block", ("1", "2"), problems)
     block1, block2 = block_text == "1", block_text == "2"
-    _one_of(table, "phase", ("block1",), problems, mask=block1)
-    _one_of(table, "phase", ("pre", "post"), problems, mask=block2)
-    _one_of(table, "image_source", SOURCES, problems, mask=block1)
-    _one_of(table, "image_source", ("real",), problems, mask=block2)
-    _one_of(table, "cf_model", ("",), problems, mask=block1)
-    _one_of(table, "cf_model", MODELS, problems, mask=block2)
-    _one_of(table, "true_condition", CONDITIONS, problems)
-    diagnosis = _one_of(table, "diagnosis", CONDITIONS, problems, allow_empty=True)
+    _one_of(cells, "phase", ("block1",), problems, mask=block1)
+    _one_of(cells, "phase", ("pre", "post"), problems, mask=block2)
+    _one_of(cells, "image_source", SOURCES, problems, mask=block1)
+    _one_of(cells, "image_source", ("real",), problems, mask=block2)
+    _one_of(cells, "cf_model", ("",), problems, mask=block1)
+    _one_of(cells, "cf_model", MODELS, problems, mask=block2)
+    _one_of(cells, "true_condition", CONDITIONS, problems)
+    diagnosis = _one_of(cells, "diagnosis", CONDITIONS, problems, allow_empty=True)
     answered = diagnosis != ""
-    correct_text = _one_of(table, "correct", ("0", "1"), problems, mask=answered)
-    _one_of(table, "correct", ("",), problems, mask=~answered)
+    correct_text = _one_of(cells, "correct", ("0", "1"), problems, mask=answered)
+    _one_of(cells, "correct", ("",), problems, mask=~answered)
     disagrees = (
-        answered
-        & correct_text.isin(("0", "1"))
-        & ((correct_text == "1") != (diagnosis == table["true_condition"].str.strip()))
+        answered & correct_text.isin(("0", "1")) & ((correct_text == "1") != (diagnosis == cells["true_condition"]))
     )
-    problems.flag(disagrees, "correct", "disagrees with diagnosis == true_condition", table)
+    problems.flag(disagrees, "correct", "disagrees with diagnosis == true_condition")
     numbers = {
-        "trial_index": _numbers(table, "trial_index", problems, required=pd.Series(True, index=table.index)),
-        "realness": _numbers(table, "realness", problems, required=block1 & answered),
-        "slider_start": _numbers(table, "slider_start", problems, required=None),
-        "n_reasons": _numbers(table, "n_reasons", problems, required=block1 & answered),
-        "confidence": _numbers(table, "confidence", problems, required=block2 & answered),
-        "rt_ms": _numbers(table, "rt_ms", problems, required=None),
+        "trial_index": _numbers(cells, "trial_index", problems, required=pd.Series(True, index=table.index)),
+        "realness": _numbers(cells, "realness", problems, required=block1 & answered),
+        "slider_start": _numbers(cells, "slider_start", problems, required=None),
+        "n_reasons": _numbers(cells, "n_reasons", problems, required=block1 & answered),
+        "confidence": _numbers(cells, "confidence", problems, required=block2 & answered),
+        "rt_ms": _numbers(cells, "rt_ms", problems, required=None),
     }
-    reasons = table["reasons"].str.strip()
-    counted = reasons.map(lambda text: len([r for r in text.split(";") if r.strip()]) if text else 0)
+    reasons = cells["reasons"]
+    # Counted once per distinct reasons text: a large file repeats the same few combinations.
+    counted = reasons.map({text: len([r for r in text.split(";") if r.strip()]) for text in reasons.unique()})
     problems.flag(
         (reasons != "") & numbers["n_reasons"].notna() & (counted != numbers["n_reasons"]),
         "n_reasons",
         "differs from the number of entries in reasons",
-        table,
     )
     keys = ["participant", "block", "case", "image_source", "phase"]
-    problems.flag(table.duplicated(keys, keep="first"), "phase", "a second answer to the same trial", table)
-    design = _one_of(table, "block1_design", BLOCK1_DESIGNS, problems)
+    problems.flag(table.duplicated(keys, keep="first"), "phase", "a second answer to the same trial")
+    design = _one_of(cells, "block1_design", BLOCK1_DESIGNS, problems)
     if len(design):
-        problems.flag(design != design.iloc[0], "block1_design", "differs from row 1 (a study has one design)", table)
+        problems.flag(design != design.iloc[0], "block1_design", "differs from row 1 (a study has one design)")
     # The counterbalanced design shows each patient once to a participant: a second image of the patient breaks it.
     seen_twice = block1 & table.duplicated(["participant", "block", "case"], keep="first")
     problems.flag(
         seen_twice & (design == "counterbalanced"),
         "case",
         "a second Block-1 image of this patient for this participant (the counterbalanced design shows one)",
-        table,
     )
-    simulated = _one_of(table, "simulated", ("0", "1"), problems)
-    mixed = simulated.groupby(table["participant"].str.strip()).transform("nunique") > 1
-    problems.flag(mixed, "simulated", "differs between rows of the same participant", table)
+    simulated = _one_of(cells, "simulated", ("0", "1"), problems)
+    mixed = simulated.groupby(cells["participant"]).transform("nunique") > 1
+    problems.flag(mixed, "simulated", "differs between rows of the same participant")
     problems.raise_if_any()
 
     tidy = pd.DataFrame(
         {
-            "participant": table["participant"].str.strip(),
-            "external_id": table["external_id"].str.strip(),
+            "participant": cells["participant"],
+            "external_id": cells["external_id"],
             "block": block_text.astype(int),
             "trial_index": numbers["trial_index"].astype(int),
-            "case": table["case"].str.strip(),
-            "image_source": table["image_source"].str.strip(),
-            "true_condition": table["true_condition"].str.strip(),
-            "phase": table["phase"].str.strip(),
-            "cf_model": table["cf_model"].str.strip(),
+            "case": cells["case"],
+            "image_source": cells["image_source"],
+            "true_condition": cells["true_condition"],
+            "phase": cells["phase"],
+            "cf_model": cells["cf_model"],
             "diagnosis": diagnosis.where(answered),
             "correct": pd.to_numeric(correct_text.where(answered), errors="coerce").astype(float),
             "realness": numbers["realness"],
@@ -200,7 +195,7 @@ def tidy_answers(table, name="answers"):
             "n_reasons": numbers["n_reasons"],
             "confidence": numbers["confidence"],
             "rt_ms": numbers["rt_ms"],
-            "answered_at": table["answered_at"].str.strip(),
+            "answered_at": cells["answered_at"],
             "block1_design": design,
             "simulated": pd.to_numeric(simulated, errors="coerce").astype(int),
         }
@@ -215,14 +210,15 @@ def tidy_answers(table, name="answers"):
 def tidy_participants(table, name="participants"):
     _check_columns(table, PARTICIPANT_COLUMNS, name)
     table = table.reset_index(drop=True)
-    problems = _Problems(name)
-    problems.flag(table["participant"].str.strip() == "", "participant", "must not be empty", table)
-    problems.flag(table["participant"].duplicated(), "participant", "listed twice", table)
-    _one_of(table, "status", STATUSES, problems)
-    _one_of(table, "excluded", ("0", "1"), problems)
-    _one_of(table, "simulated", ("0", "1"), problems)
+    problems = _Problems(name, table)
+    cells = table.apply(lambda column: column.str.strip())
+    problems.flag(cells["participant"] == "", "participant", "must not be empty")
+    problems.flag(table["participant"].duplicated(), "participant", "listed twice")
+    _one_of(cells, "status", STATUSES, problems)
+    _one_of(cells, "excluded", ("0", "1"), problems)
+    _one_of(cells, "simulated", ("0", "1"), problems)
     problems.raise_if_any()
-    tidy = table.apply(lambda column: column.str.strip())
+    tidy = cells
     tidy["excluded"] = tidy["excluded"].astype(int)
     tidy["simulated"] = tidy["simulated"].astype(int)
     return tidy
@@ -275,7 +271,9 @@ def keep_readers(answers, participants=None, readers="real"):
 
 def _simulated_flags(answers, participants):
     """participant -> True for a simulated reader; the participants table wins over the answers."""
-    flags = {p: bool(s) for p, s in zip(answers["participant"], answers["simulated"])}
+    # One row per participant (its last, as a row-by-row pass would keep) rather than every answer.
+    last = answers.drop_duplicates("participant", keep="last")
+    flags = {p: bool(s) for p, s in zip(last["participant"], last["simulated"])}
     if participants is not None:
         flags.update((p, bool(s)) for p, s in zip(participants["participant"], participants["simulated"]))
     return flags
@@ -320,16 +318,22 @@ def _incomplete_from_answers(answers):
         1: answers.loc[answers["block"] == 1, block1_trial].drop_duplicates().shape[0],
         2: answers.loc[answers["block"] == 2, ["case", "phase"]].drop_duplicates().shape[0],
     }
-    exclusions = []
-    for participant in sorted(answers["participant"].unique()):
-        own = answered[answered["participant"] == participant]
-        counts = {block: (own["block"] == block).sum() for block in (1, 2)}
-        if counts[1] < expected[1] or counts[2] < expected[2]:
-            reason = (
-                f"incomplete: {counts[1]} of {expected[1]} Block-1 and {counts[2]} of {expected[2]} Block-2 answers"
-            )
-            exclusions.append({"participant": participant, "status": "unknown", "reason": reason})
-    return exclusions
+    # One grouped count of answers per participant and block; a participant without a single answer still counts
+    # (as zero of each).
+    counts = (
+        pd.crosstab(answered["participant"], answered["block"])
+        .reindex(index=sorted(answers["participant"].unique()), columns=[1, 2], fill_value=0)
+        .astype(int)
+    )
+    short = counts[(counts[1] < expected[1]) | (counts[2] < expected[2])]
+    return [
+        {
+            "participant": participant,
+            "status": "unknown",
+            "reason": f"incomplete: {block1} of {expected[1]} Block-1 and {block2} of {expected[2]} Block-2 answers",
+        }
+        for participant, block1, block2 in zip(short.index, short[1], short[2])
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,15 +13,13 @@ import math
 from pathlib import Path
 
 import jinja2
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-
-from analysis.stats import CONDITIONS, DECISIONS, MODELS, SOURCES  # noqa: E402
+from analysis.stats import CONDITIONS, DECISIONS, MODELS, SOURCES
 
 FORMATS = ("json", "csv", "html")
 COLOURS = {"real": "#4c72b0", "baseline": "#dd8452", "proposed": "#55a868"}
@@ -228,15 +226,22 @@ def make_figures(document, tables):
     }
 
 
+def _subplots(*grid, figsize, **options):
+    """A figure on its own Agg canvas, never through pyplot: no global backend, no figure registry to close, and
+    pyplot's import is saved from the command's start-up."""
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(*grid, **options)
+
+
 def _png(figure):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def _realness_figure(per_participant):
-    figure, axis = plt.subplots(figsize=(5.5, 4))
+    figure, axis = _subplots(figsize=(5.5, 4))
     data = [per_participant[s].dropna().to_numpy() for s in SOURCES]
     # One collection for every participant's line: a Line2D each costs a second per thousand participants.
     # Matplotlib breaks a line at a missing value, as it does for a plotted one.
@@ -267,7 +272,7 @@ def _half_width(values):
 
 
 def _accuracy_figure(block1):
-    figure, axis = plt.subplots(figsize=(6.5, 4))
+    figure, axis = _subplots(figsize=(6.5, 4))
     width = 0.26
     for i, source in enumerate(SOURCES):
         cells = [block1["accuracy_by_source_condition"][source][c] for c in CONDITIONS]
@@ -293,7 +298,7 @@ def _num(value):
 
 
 def _change_figure(per_case):
-    figure, axis = plt.subplots(figsize=(max(5.5, 0.5 * len(per_case) + 2), 4))
+    figure, axis = _subplots(figsize=(max(5.5, 0.5 * len(per_case) + 2), 4))
     positions = np.arange(len(per_case))
     width = 0.38
     for i, model in enumerate(MODELS):
@@ -314,7 +319,7 @@ def _change_figure(per_case):
 
 
 def _calibration_figure(long, block2):
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    figure, axes = _subplots(1, 2, figsize=(9, 4), sharey=True)
     for axis, decision in zip(axes, DECISIONS):
         for model in MODELS:
             chosen = long[(long["decision"] == decision) & (long["cf_model"] == model)]

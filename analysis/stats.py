@@ -17,7 +17,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy import stats as sps
+from scipy.linalg import cho_factor, cho_solve
+from scipy.optimize import minimize
 
 SOURCES = ("real", "baseline", "proposed")
 MODELS = ("baseline", "proposed")
@@ -25,44 +28,6 @@ CONDITIONS = ("healthy", "effusion", "pneumonia")
 # How Block 1 was shown: "paired" (the paper's: every patient as real, baseline and proposed to each participant) or
 # "counterbalanced" (each patient once per participant, its source by a Latin square over participants).
 BLOCK1_DESIGNS = ("paired", "counterbalanced")
-# The tidy tables the study export writes and the analysis reads: one declaration for both sides. `simulated` is 1
-# for the answers of simulated readers (simulate_participants), in both tables, so that no analysis mixes them in.
-ANSWER_COLUMNS = (
-    "participant",
-    "external_id",
-    "block",
-    "trial_index",
-    "case",
-    "image_source",
-    "true_condition",
-    "phase",
-    "cf_model",
-    "diagnosis",
-    "correct",
-    "realness",
-    "slider_start",
-    "reasons",
-    "n_reasons",
-    "confidence",
-    "rt_ms",
-    "answered_at",
-    "block1_design",
-    "simulated",
-)
-PARTICIPANT_COLUMNS = (
-    "participant",
-    "external_id",
-    "status",
-    "seed",
-    "order",
-    "started_at",
-    "completed_at",
-    "duration_s",
-    "excluded",
-    "exclusion_reason",
-    "cf_assignment",
-    "simulated",
-)
 BLOCK2_CONDITIONS = ("effusion", "pneumonia")
 DECISIONS = ("first", "final")
 CONFIDENCE_SCALE = (1, 6)
@@ -81,7 +46,7 @@ def block1_design(answers):
     """The Block-1 design of the study behind `answers`: its `block1_design` column, paired when there is none."""
     if "block1_design" not in answers.columns:
         return "paired"
-    values = sorted(set(answers["block1_design"].dropna().astype(str)) - {""})
+    values = sorted(set(answers["block1_design"].dropna().astype(str).unique()) - {""})
     if len(values) > 1 or not set(values) <= set(BLOCK1_DESIGNS):
         raise ValueError(f"the answers must come from one Block-1 design of {BLOCK1_DESIGNS}, got {values}")
     return values[0] if values else "paired"
@@ -327,7 +292,7 @@ def between_participant_difference(answers):
 
 def mixed_linear_source_tests(answers, value, comparisons):
     """Proposed minus each other source in `value` per Block-1 image, from one linear mixed model with crossed random
-    intercepts for participant and patient (statsmodels MixedLM, REML; Wald z tests and intervals).
+    intercepts for participant and patient (REML, see `crossed_intercepts_reml`; Wald z tests and intervals).
 
     This is the between/within structure of the counterbalanced design: every participant sees every source (on
     different patients), every patient is shown as every source (to different participants), and the model
@@ -344,50 +309,110 @@ def mixed_linear_source_tests(answers, value, comparisons):
     if missing or counts["n_participants"] < 2 or counts["n_patients"] < 2 or rows[value].nunique() < 2:
         note = f"no {', '.join(missing)} images answered" if missing else "too little data or no variation"
         return {name: nan_result(note, **empty) for name in names}
-    data = pd.DataFrame(
-        {
-            "y": rows[value].astype(float),
-            "source": rows["image_source"].astype(str),
-            "participant": rows["participant"].astype(str),
-            "case": rows["case"].astype(str),
-            "whole": 1,
-        }
-    )
-    import statsmodels.formula.api as smf
-
+    source = rows["image_source"].astype(str).to_numpy()
+    # Treatment coding against proposed: an intercept, then one indicator per other source shown.
+    others = sorted(set(source) - {"proposed"})
+    design = np.column_stack([np.ones(len(rows))] + [(source == other).astype(float) for other in others])
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = smf.mixedlm(
-                "y ~ C(source, Treatment('proposed'))",
-                data,
-                groups="whole",
-                re_formula="0",
-                vc_formula={"participant": "0 + C(participant)", "case": "0 + C(case)"},
-            )
-            fit = model.fit(reml=True)
-    except Exception as error:  # noqa: BLE001 - a fit that fails leaves the tests undefined, with the reason
+        fit = crossed_intercepts_reml(
+            rows[value].to_numpy(dtype=float),
+            design,
+            {"participant": rows["participant"].astype(str), "case": rows["case"].astype(str)},
+        )
+    except (ValueError, np.linalg.LinAlgError) as error:  # a fit that fails leaves the tests undefined, with the reason
         return {name: nan_result(f"mixed model failed ({type(error).__name__}: {error})", **empty) for name in names}
-    intervals = fit.conf_int()
-    random_sd = {name: float(np.sqrt(max(v, 0.0))) for name, v in zip(model.exog_vc.names, np.asarray(fit.vcomp))}
-    random_sd["residual"] = float(np.sqrt(fit.scale))
+    z_crit = sps.norm.ppf(0.975)
     result = {}
     for other, name in zip(comparisons, names):
-        term = f"C(source, Treatment('proposed'))[T.{other}]"
-        # The model's term is other - proposed; the convention here is proposed - other.
-        low, high = intervals.loc[term]
+        column = 1 + others.index(other)
+        # The model's coefficient is other - proposed; the convention here is proposed - other.
+        estimate, se = -fit["coef"][column], fit["se"][column]
         result[name] = {
-            "method": "linear mixed model (MixedLM, REML), crossed random intercepts for participant and patient",
-            "mean_diff": -float(fit.params[term]),
-            "ci95": [-float(high), -float(low)],
-            "se": float(fit.bse[term]),
-            "z": -float(fit.tvalues[term]),
-            "p": float(fit.pvalues[term]),
-            "converged": bool(fit.converged),
-            "random_effects_sd": random_sd,
+            "method": "linear mixed model (REML), crossed random intercepts for participant and patient",
+            "mean_diff": float(estimate),
+            "ci95": [float(estimate - z_crit * se), float(estimate + z_crit * se)],
+            "se": float(se),
+            "z": float(estimate / se),
+            "p": float(2 * sps.norm.sf(abs(estimate / se))),
+            "converged": fit["converged"],
+            "random_effects_sd": fit["random_effects_sd"],
             **counts,
         }
     return result
+
+
+def crossed_intercepts_reml(y, design, factors):
+    """REML fit of y = design @ coef + one random intercept per level of each of two crossed `factors` (name -> labels
+    per observation) + noise. Returns coef, their standard errors (sqrt of sigma^2 (X' V^-1 X)^-1, V the marginal
+    covariance over sigma^2), random_effects_sd (per factor and residual) and whether the optimiser converged.
+
+    The profiled REML criterion is the one lme4 minimises (Bates et al. 2015, J Stat Softw 67(1), eqs. 34-42), a
+    function of the two standard-deviation ratios only. It needs only the design's cross-products, and its penalised
+    normal equations have a diagonal block for the factor with more levels (a participant's intercept touches no other
+    participant's), so that block is eliminated in closed form and each evaluation costs one dense Cholesky of the
+    other factor's levels plus the coefficients (in a Block-1 study 12 patients + 3 coefficients), however many
+    participants there are."""
+    y = np.asarray(y, dtype=float)
+    design = np.asarray(design, dtype=float)
+    n, k = design.shape
+    if len(factors) != 2 or n <= k or np.linalg.matrix_rank(design) < k:
+        raise ValueError("need two factors, more observations than coefficients and a full-rank design")
+    # The factor with more levels goes first: its block of the normal equations is the diagonal one eliminated.
+    names = sorted(factors, key=lambda name: -pd.unique(np.asarray(factors[name])).size)
+    codes = [pd.factorize(np.asarray(factors[name]))[0] for name in names]
+    indicators = [sparse.csr_matrix((np.ones(n), (np.arange(n), code)), shape=(n, code.max() + 1)) for code in codes]
+    eliminated, kept = indicators
+    size_e = np.asarray(eliminated.sum(axis=0)).ravel()
+    cross = (eliminated.T @ kept).toarray()
+    kept_design = np.column_stack([kept.toarray(), design])
+    zx_e = np.column_stack([cross, eliminated.T @ design])
+    gram_k = kept_design.T @ kept_design
+    zy_e, zy_k = eliminated.T @ y, kept_design.T @ y
+    yy = float(y @ y)
+    n_kept = kept.shape[1]
+
+    def solve(variance_ratios):
+        theta_e, theta_k = np.sqrt(variance_ratios)
+        scale_k = np.concatenate([np.full(n_kept, theta_k), np.ones(k)])
+        diagonal = theta_e**2 * size_e + 1.0
+        border = theta_e * zx_e * scale_k
+        schur = gram_k * np.outer(scale_k, scale_k) - border.T @ (border / diagonal[:, None])
+        schur[:n_kept, :n_kept] += np.eye(n_kept)
+        rhs_e = theta_e * zy_e
+        rhs_k = scale_k * zy_k - border.T @ (rhs_e / diagonal)
+        factor = cho_factor(schur)
+        solution_k = cho_solve(factor, rhs_k)
+        solution_e = (rhs_e - border @ solution_k) / diagonal
+        penalised_rss = yy - rhs_e @ solution_e - scale_k * zy_k @ solution_k
+        log_det = np.log(diagonal).sum() + 2 * np.log(np.diag(factor[0])).sum()
+        return penalised_rss, log_det, factor, solution_k
+
+    def criterion(variance_ratios):
+        penalised_rss, log_det, _, _ = solve(variance_ratios)
+        return log_det + (n - k) * (1 + math.log(2 * math.pi * penalised_rss / (n - k)))
+
+    # Searched over the variance ratios rather than lme4's standard-deviation ratios: the criterion is flat in a
+    # standard-deviation ratio at 0 (it enters squared), a stationary point where a gradient search would stop.
+    optimum = minimize(
+        criterion,
+        x0=[1.0, 1.0],
+        method="L-BFGS-B",
+        jac="3-point",
+        bounds=[(0, None)] * 2,
+        options={"ftol": 1e-15, "gtol": 1e-9},
+    )
+    penalised_rss, _, factor, solution_k = solve(optimum.x)
+    sigma2 = penalised_rss / (n - k)
+    covariance = sigma2 * cho_solve(factor, np.eye(len(solution_k)))[n_kept:, n_kept:]
+    return {
+        "coef": solution_k[n_kept:],
+        "se": np.sqrt(np.diag(covariance)),
+        "random_effects_sd": {
+            **{name: float(math.sqrt(ratio * sigma2)) for name, ratio in zip(names, optimum.x)},
+            "residual": float(math.sqrt(sigma2)),
+        },
+        "converged": bool(optimum.success),
+    }
 
 
 def per_participant_by_source(answers, value, how="mean"):
@@ -405,15 +430,8 @@ def realness_auroc(answers):
     """Per participant, the probability that a real image gets a higher realness rating than an image of the given
     model (ties count half): the Mann-Whitney AUROC. 0.5 means the participant could not tell them apart."""
     rows = block1_answers(answers).dropna(subset=["realness"])
-    per_participant = {}
-    for participant, group in rows.groupby("participant"):
-        real = group.loc[group["image_source"] == "real", "realness"].to_numpy(dtype=float)
-        per_participant[participant] = {
-            model: _auroc(real, group.loc[group["image_source"] == model, "realness"].to_numpy(dtype=float))
-            for model in MODELS
-        }
-    table = pd.DataFrame.from_dict(per_participant, orient="index", columns=list(MODELS)).astype(float)
-    table.index.name = "participant"
+    participants = pd.Index(sorted(rows["participant"].unique()), name="participant")
+    table = pd.DataFrame({model: _auroc_per_participant(rows, model) for model in MODELS}, index=participants)
     summary = {}
     for model in MODELS:
         test = one_sample_ttest(table[model] if len(table) else [], 0.5)
@@ -430,12 +448,19 @@ def realness_auroc(answers):
     return summary, table
 
 
-def _auroc(positives, negatives):
-    if len(positives) == 0 or len(negatives) == 0:
-        return math.nan
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+def _auroc_per_participant(rows, model):
+    """Each participant's AUROC of real against `model` images, from midranks within the participant (the
+    Mann-Whitney U of the real images is their rank sum minus n(n+1)/2); NaN for a participant without both."""
+    chosen = rows[rows["image_source"].isin(("real", model))]
+    is_real = chosen["image_source"] == "real"
+    ranks = chosen.groupby("participant")["realness"].rank(method="average")
+    per_participant = pd.DataFrame(
+        {"real_rank": ranks.where(is_real, 0.0), "n_real": is_real.astype(int), "n_model": (~is_real).astype(int)}
+    ).groupby(chosen["participant"])
+    totals = per_participant.sum()
+    u = totals["real_rank"] - totals["n_real"] * (totals["n_real"] + 1) / 2
+    pairs = totals["n_real"] * totals["n_model"]
+    return (u / pairs).where(pairs > 0).astype(float)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -642,6 +667,10 @@ def switch_tables(pairs):
 # Mixed-effects logistic regressions
 
 
+# The crossed random intercepts of the logistic models, in the order of their variance parameters.
+RANDOM_INTERCEPTS = ("participant", "case")
+
+
 def mixed_logistic(data, formula, description):
     """Logistic regression of `correct` with crossed random intercepts for participant and case.
 
@@ -663,14 +692,39 @@ def mixed_logistic(data, formula, description):
 
 
 def _fit_bayes_mixed(data, formula):
+    """The variational Bayes fit of the crossed random-intercept logistic model.
+
+    The objective (the evidence lower bound) and its optimum are statsmodels' own; two things make the fit fast at a
+    thousand participants. The random-effect design is built directly as sparse indicator columns (a formula builds a
+    dense observation x participant matrix first). And the bound is maximised by scipy's trust-region method with
+    quasi-Newton (BFGS) Hessian updates, stopping, as statsmodels' default BFGS does, once no gradient component
+    exceeds 1e-5: scipy's BFGS updates its inverse Hessian over every parameter (two per participant and patient) by
+    dense matrix products, a cost that grows with the cube of the number of participants, while the trust-region
+    updates grow with its square."""
+    import patsy
     from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
-    random_effects = {"participant": "0 + C(participant)", "case": "0 + C(case)"}
+    endog, exog = patsy.dmatrices(formula, data, return_type="dataframe")
+    rows = data.loc[exog.index]
+    indicators, ident = [], []
+    for number, name in enumerate(RANDOM_INTERCEPTS):
+        codes, levels = pd.factorize(rows[name], sort=True)
+        cells = (np.ones(len(codes)), (np.arange(len(codes)), codes))
+        indicators.append(sparse.csr_array(cells, shape=(len(codes), len(levels))))
+        ident.append(np.full(len(levels), number))
+    model = BinomialBayesMixedGLM(
+        endog.iloc[:, 0].to_numpy(),
+        exog.to_numpy(),
+        sparse.hstack(indicators, format="csr"),
+        np.concatenate(ident),
+        fep_names=list(exog.columns),
+        vcp_names=list(RANDOM_INTERCEPTS),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = BinomialBayesMixedGLM.from_formula(formula, random_effects, data)
-        fit = model.fit_vb(rng=np.random.default_rng(0))  # fixed start: the same data give the same numbers
-    names = model.exog_names
+        # fixed start: the same data give the same numbers
+        fit = model.fit_vb(fit_method="trust-constr", minim_opts={"gtol": 1e-5}, rng=np.random.default_rng(0))
+    names = model.fep_names
     means, sds = np.asarray(fit.fe_mean), np.asarray(fit.fe_sd)
     if not (np.all(np.isfinite(means)) and np.all(np.isfinite(sds))):
         raise ValueError("non-finite estimates")
@@ -723,8 +777,9 @@ def glmm_block1(answers):
     return mixed_logistic(data, formula, "Block 1 correctness by image source (reference: real)")
 
 
-def glmm_block2(pairs):
-    long = pd.concat(
+def block2_decisions(pairs):
+    """One row per Block-2 decision: each pair's first and final correctness as rows with a `decision` column."""
+    return pd.concat(
         [
             pairs.assign(decision=decision, correct=pairs[f"{decision}_correct"])[
                 ["participant", "case", "cf_model", "decision", "correct"]
@@ -733,6 +788,10 @@ def glmm_block2(pairs):
         ],
         ignore_index=True,
     )
+
+
+def glmm_block2(pairs):
+    long = block2_decisions(pairs)
     formula = "correct ~ C(decision, Treatment('first')) * C(cf_model, Treatment('baseline'))"
     return mixed_logistic(long, formula, "Block 2 correctness by decision (first/final) x counterfactual model")
 
