@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from generator.causal.intervention import Intervention
+from generator.data.loaders import locate_images
 from generator.data.transforms import load_image, to_uint8
 
 # The expert's probabilities recorded per counterfactual, before and after the intervention.
@@ -34,14 +35,11 @@ class SourceImages:
 
 def images_from_splits(splits, ids, root):
     """The data-set images with these ids (searched in every split) with their recorded parents."""
-    where = {}
-    for split in splits.values():
-        for row, image_id in enumerate(split.ids):
-            where.setdefault(str(image_id), (split, row))
+    where = locate_images(splits)
     missing = [str(i) for i in ids if str(i) not in where]
     if missing:
         raise ValueError(f"no image with id {', '.join(missing[:5])}")
-    chosen = [where[str(i)] for i in ids]
+    chosen = [(splits[name], row) for name, row in (where[str(i)] for i in ids)]
     x = torch.stack([split.x[row] for split, row in chosen]).float()
     names = chosen[0][0].graph.names
     pa = {name: torch.stack([torch.as_tensor(split.pa[name][row]) for split, row in chosen]) for name in names}

@@ -11,7 +11,7 @@ from .datasets import (
     patient_level_split,
 )
 from .graph import CHESTXRAY8_GRAPH, DISEASE_CLASSES, GRAPHS, MIMIC_GRAPH, CausalGraph, Node
-from .loaders import DATASET_KINDS, load_splits
+from .loaders import DATASET_KINDS, load_splits, locate_images
 from .mimic import load_mimic_splits
 from .nih import load_nih_splits
 from .phantom import Exogenous, PhantomSCM
@@ -34,6 +34,7 @@ __all__ = [
     "load_mimic_splits",
     "load_nih_splits",
     "load_splits",
+    "locate_images",
     "make_phantom",
     "make_phantom_splits",
     "patient_level_split",

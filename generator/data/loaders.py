@@ -37,6 +37,15 @@ def load_splits(kind, root, resolution, options=None, progress=None):
     raise DataError(f"unknown data set kind {kind!r}; choose one of {DATASET_KINDS}")
 
 
+def locate_images(splits):
+    """{image id as text: (split name, row)} over loaded splits, in their order; an id in two splits is the first's."""
+    where = {}
+    for name, split in splits.items():
+        for row, image_id in enumerate(split.ids):
+            where.setdefault(str(image_id), (name, row))
+    return where
+
+
 def _loader_options(options):
     options = dict(options)
     for name in ("views", "fractions"):

@@ -4,7 +4,7 @@ The study app decides which cases need counterfactuals and imports them; these f
 which source images qualify, so both models' stimuli come from images neither was trained or tuned on.
 """
 
-from generator.data import SPLITS
+from generator.data import SPLITS, locate_images
 from generator.data.screening import ScreeningRules, screen_sample
 from generator.services.training import load_run_splits
 
@@ -30,17 +30,14 @@ def screen_stimulus_sources(splits, ids, *, allowed=STIMULUS_SPLITS, screening=N
     splits, missing from the data set or failing a screening criterion has passed False and says why in reasons.
     """
     rules = ScreeningRules.from_value(screening)
-    where = {}
-    for name, split in splits.items():
-        for row, image_id in enumerate(split.ids):
-            where.setdefault(str(image_id), (name, split, row))
+    where = locate_images(splits)
     checks = {}
     for image_id in dict.fromkeys(str(i) for i in ids):
         if image_id not in where:
             checks[image_id] = {"split": "", "passed": False, "reasons": ["not in the data set"]}
             continue
-        name, split, row = where[image_id]
-        check = {"split": name, **screen_sample(split, row, rules), "rules": rules.to_dict()}
+        name, row = where[image_id]
+        check = {"split": name, **screen_sample(splits[name], row, rules), "rules": rules.to_dict()}
         if name not in allowed:
             use = "trained" if name == "train" else "tuned"
             check["reasons"].insert(0, f"from the {name} split, which the models were {use} on (not held out)")
