@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,10 +30,12 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from generator.data.datasets import CXRDataset  # noqa: E402
 from generator.data.graph import DISEASE_CLASSES, MIMIC_GRAPH  # noqa: E402
 from generator.data.phantom import PhantomSCM  # noqa: E402
 from generator.training.pipeline import RunConfig, load_model, train  # noqa: E402
 from generator.training.presets import get_preset  # noqa: E402
+from generator.training.variants import train_variant  # noqa: E402
 
 
 def phantom_split(scm, n, resolution, seed):
@@ -42,7 +43,7 @@ def phantom_split(scm, n, resolution, seed):
     x, masks = scm.render(pa, u, resolution)
     ids = [f"phantom-{seed}-{i}" for i in range(n)]
     # with `scm` the run chooses its final checkpoint against the phantom's truth (generator.training.selection)
-    return SimpleNamespace(graph=scm.graph, x=x, pa=pa, u=u, masks=masks, ids=ids, scm=scm)
+    return CXRDataset(x, pa, scm.graph, ids, resolution, u=u, lesion_masks=masks, scm=scm)
 
 
 def evaluation_classifier(train_set, steps=600, seed=123):
@@ -233,6 +234,14 @@ def main():
         help="override a preset field for this run (JSON value), e.g. --set lesion_latent=16",
     )
     parser.add_argument("--score-only", action="store_true", help="score the checkpoints already in --out")
+    parser.add_argument(
+        "--variant",
+        default="baseline",
+        choices=("baseline", "expert", "expert-al"),
+        help="baseline: the pipeline's stages; expert / expert-al: the proposed model (an expert trained on the "
+        "phantom's training split, no pretrained weights) with active-learning rounds for expert-al",
+    )
+    parser.add_argument("--al-rounds", type=int, default=3, help="active-learning rounds of an expert-al run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,7 +255,14 @@ def main():
         budget = None
     else:
         steps, budget = {"hvae": 100000, "counterfactual": 100000}, args.budget
-    config = RunConfig(preset=args.preset, seed=args.seed, time_budget_s=budget, steps=steps)
+    config = RunConfig(
+        preset=args.preset,
+        seed=args.seed,
+        time_budget_s=budget,
+        steps=steps,
+        variant=args.variant,
+        al_rounds=args.al_rounds if args.variant == "expert-al" else 0,
+    )
     preset = dataclasses.replace(get_preset(args.preset), **overrides)
     resolution = preset.resolution
     scm = PhantomSCM(MIMIC_GRAPH)
@@ -264,7 +280,11 @@ def main():
             last[stage] = time.time()
             print(f"[{time.time() - started:6.0f}s] {stage} {fraction:.0%} {message}", flush=True)
 
-    summary = train(config, preset, splits, out, progress=progress, resume=args.resume or args.score_only)
+    resume = args.resume or args.score_only
+    if args.variant == "baseline":
+        summary = train(config, preset, splits, out, progress=progress, resume=resume)
+    else:
+        summary = train_variant(config, preset, splits, out, progress=progress, resume=resume)
     training_seconds = time.time() - started
     classifier = evaluation_classifier(splits["train"])
     with torch.no_grad():
@@ -273,14 +293,20 @@ def main():
         "training_seconds": training_seconds,
         "stages": {k: {m: v for m, v in metrics.items() if m != "history"} for k, metrics in summary["stages"].items()},
         "overrides": overrides,
+        "variant": args.variant,
+        "final_checkpoint": Path(summary["checkpoint"]).name,
         "selection": summary.get("selection"),
         "under_trained": summary.get("under_trained"),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "evaluation_classifier_accuracy_on_real": classifier_accuracy,
     }
-    for stage in ("hvae", "counterfactual"):
-        model = load_model(out / f"{stage}.pt", device="cpu")
+    # the ELBO and counterfactual stages, and the model the run ends with when it is neither (an active-learning round)
+    scored = {"hvae": out / "hvae.pt", "counterfactual": out / "counterfactual.pt"}
+    if Path(summary["checkpoint"]).name not in ("hvae.pt", "counterfactual.pt"):
+        scored["final"] = Path(summary["checkpoint"])
+    for stage, path in scored.items():
+        model = load_model(path, device="cpu")
         report[f"after_{stage}"] = score(model, scm, test, classifier, resolution)
         report[f"headline_{stage}"] = headline(report[f"after_{stage}"])
         contact_sheet(model, test, scm, resolution, out / f"contact_sheet_{stage}.png")

@@ -55,6 +55,8 @@ class Abduction:
     pa: dict | None = None
     features: torch.Tensor | None = None
     anatomy: torch.Tensor | None = None
+    # with a lesion scale (preset `lesion_scale`): the trunk's pixel log-sigma before the lesion's offset
+    anatomy_log_sigma: torch.Tensor | None = None
 
 
 class ResBlock(nn.Module):
@@ -267,6 +269,8 @@ class ConditionalHVAE(nn.Module):
         self.lesion_code_dim = preset.lesion_latent if has_lesion else 0
         self.lesion_map_channels = preset.lesion_latent_map if has_lesion else 0
         self.lesion_support = bool(preset.lesion_support) and has_lesion
+        self.lesion_scale = bool(getattr(preset, "lesion_scale", False)) and self.lesion_support
+        self.lesion_composite = getattr(preset, "lesion_blend", "add") == "composite" and self.lesion_support
         self.lesion_free_bits = float(preset.lesion_free_bits)
         self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
         self.lesion_detached = bool(preset.lesion_detached) and has_lesion
@@ -291,10 +295,16 @@ class ConditionalHVAE(nn.Module):
             # one map at the trunk's own resolution, upsampled bilinearly when the trunk runs at half size: a lesion
             # is a smooth opacity, and the free 2x2 sub-pixels of a patch-unfolding head let counterfactual training
             # paint checkerboard patterns that convince a classifier without being a lesion
-            self.lesion_output = nn.Conv2d(widths[top], 1, 3, padding=1)
+            # additive: the map; composite: the optical depth and the density
+            self.lesion_output = nn.Conv2d(widths[top], 2 if self.lesion_composite else 1, 3, padding=1)
             with torch.no_grad():  # the branch starts by drawing nothing
                 for parameter in self.lesion_output.parameters():
                     parameter.zero_()
+            if self.lesion_scale:
+                self.lesion_scale_output = nn.Conv2d(widths[top], 1, 3, padding=1)
+                with torch.no_grad():  # and by leaving the pixel scale as the trunk has it
+                    for parameter in self.lesion_scale_output.parameters():
+                        parameter.zero_()
         # z_L per disease class, flattened: the vector code first, then the spatial code's channels x grid
         self.lesion_posterior_resolution = max(r for r in self.trunk_resolutions if r <= 16)
         self.lesion_map_size = self.lesion_posterior_resolution
@@ -348,7 +358,12 @@ class ConditionalHVAE(nn.Module):
         return F.one_hot(pa[self.lesion_node].long(), self.lesion_classes + 1)[:, 1:].float()
 
     def lesion(self, h, pa, lesion_latents=None, anatomy=None):
-        """The lesion branch's additive pixel-mean map; zero wherever the lesion node is in category 0.
+        """The lesion branch's additive pixel-mean map (see `lesion_outputs`)."""
+        return self.lesion_outputs(h, pa, lesion_latents, anatomy)[0]
+
+    def lesion_outputs(self, h, pa, lesion_latents=None, anatomy=None):
+        """The lesion branch's additive pixel-mean map and its pixel log-sigma offset (None without `lesion_scale`);
+        both zero wherever the lesion node is in category 0.
 
         With a lesion latent, the code of the image's own disease class (`lesion_latents[:, k - 1]`) shapes the map;
         with a support gate the map is rectified: an opacity only adds attenuation, and it is exactly zero outside
@@ -356,6 +371,9 @@ class ConditionalHVAE(nn.Module):
 
         `anatomy` is the trunk's lesion-free pixel mean, which the branch reads instead of `h` when the preset says
         `lesion_reads="anatomy"`.
+
+        The log-sigma offset is masked by the support (the pixels the rectified map makes non-zero), so outside the
+        lesion the pixel distribution, and with it a counterfactual, stays exactly the trunk's.
         """
         embedding = self.lesion_parent_net(encode_parents(self.graph, pa, self.graph.names))
         if self.lesion_reads == "anatomy":
@@ -378,13 +396,26 @@ class ConditionalHVAE(nn.Module):
         for block in self.lesion_blocks:
             r = block(r, embedding)
         present = (pa[self.lesion_node] != 0).to(r.dtype)[:, None, None, None]
-        lesion = self.lesion_output(F.gelu(r))
+        features = F.gelu(r)
+        drawn = self.lesion_output(features)
         if self.lesion_support:
-            lesion = rectify(lesion)
-        if lesion.shape[-1] != self.resolution:
+            # the map (or the optical depth) is rectified; a composite's density is not
+            drawn = torch.cat([rectify(drawn[:, :1]), drawn[:, 1:]], dim=1)
+        if self.lesion_scale:
+            drawn = torch.cat([drawn, self.lesion_scale_output(features)], dim=1)
+        if drawn.shape[-1] != self.resolution:
             size = (self.resolution, self.resolution)
-            lesion = F.interpolate(lesion, size=size, mode="bilinear", align_corners=False)
-        return lesion * present
+            drawn = F.interpolate(drawn, size=size, mode="bilinear", align_corners=False)
+        first = drawn[:, :1] * present
+        if self.lesion_composite:
+            # alpha is exactly 0 where tau is, so outside the support the change is an exact zero
+            alpha = 1.0 - torch.exp(-first)
+            density = torch.tanh(drawn[:, 1:2])
+            lesion = alpha * (density - anatomy)
+        else:
+            lesion = first
+        scale = drawn[:, -1:] * (first > 0).to(drawn.dtype) if self.lesion_scale else None
+        return lesion, scale
 
     def lesion_posterior_stats(self, activations, pa):
         """Mean and log-std [N, d] of q(z_L | x) for each image's own disease class (zeros for no finding)."""
@@ -479,11 +510,14 @@ class ConditionalHVAE(nn.Module):
                 lesion_latents, lesion_kl = self.infer_lesion_latents(activations, pa, own_sample, generator)
             else:
                 lesion_latents = self.prior_lesion_latents(n, h.device, generator, h.dtype) * temperature
-        lesion = self.lesion(h, pa, lesion_latents, anatomy) if self.lesion_node is not None else None
+        lesion, scale = (
+            self.lesion_outputs(h, pa, lesion_latents, anatomy) if self.lesion_node is not None else (None, None)
+        )
         mean = anatomy + lesion if lesion is not None else anatomy
         return {
             "mean": mean,
-            "log_sigma": log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX),
+            "log_sigma": self.pixel_log_sigma(log_sigma, scale),
+            "anatomy_log_sigma": log_sigma,
             "latents": used,
             "kls": kls,
             "anatomy": anatomy,
@@ -492,6 +526,12 @@ class ConditionalHVAE(nn.Module):
             "lesion_kl": lesion_kl,
             "features": h,
         }
+
+    @staticmethod
+    def pixel_log_sigma(anatomy_log_sigma, scale):
+        """The pixel log-sigma: the trunk's, plus the lesion's offset where it has one, clamped to the valid range."""
+        log_sigma = anatomy_log_sigma if scale is None else anatomy_log_sigma + scale
+        return log_sigma.clamp(LOG_SIGMA_MIN, LOG_SIGMA_MAX)
 
     def top_down(self, pa, activations=None, latents=None, sample=True, generator=None, temperature=1.0):
         """Run the decoder; returns pixel mean, pixel log-sigma, the latents used and the KL per latent layer."""
@@ -565,6 +605,7 @@ class ConditionalHVAE(nn.Module):
             pa=pa,
             features=decoded["features"],
             anatomy=decoded["anatomy"],
+            anatomy_log_sigma=decoded.get("anatomy_log_sigma"),
         )
 
     def trunk_unchanged(self, abduction, pa):
@@ -576,8 +617,11 @@ class ConditionalHVAE(nn.Module):
     def predict_decoded(self, abduction, pa):
         """The decoder's output under `pa` for the abducted noise; reruns only the lesion branch when it can."""
         if self.lesion_node is not None and self.trunk_unchanged(abduction, pa):
-            lesion = self.lesion(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)
-            return {"mean": abduction.anatomy + lesion, "log_sigma": abduction.log_sigma, "lesion": lesion}
+            lesion, scale = self.lesion_outputs(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)
+            log_sigma = abduction.log_sigma
+            if scale is not None:
+                log_sigma = self.pixel_log_sigma(abduction.anatomy_log_sigma, scale)
+            return {"mean": abduction.anatomy + lesion, "log_sigma": log_sigma, "lesion": lesion}
         return self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
 
     def predict(self, abduction, pa, with_lesion=False):

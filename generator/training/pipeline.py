@@ -327,7 +327,7 @@ class HVAETask(StageTask):
         pa_cf = {**pa, **addition_intervention(pa, node, self.hvae.lesion_classes + 1)}
         abduction = out["abduction"]
         codes = self.hvae.prior_lesion_latents(len(pa[node]), abduction.features.device)
-        maps = self.hvae.lesion(abduction.features.detach(), pa_cf, codes, abduction.anatomy)
+        maps = self.hvae.lesion(abduction.features.detach(), pa_cf, codes, abduction.anatomy.detach())
         return maps, pa_cf
 
     def evaluate(self):

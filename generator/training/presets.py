@@ -44,6 +44,18 @@ class Preset:
     # with a lesion branch: rectify the branch's map (an opacity only adds attenuation), so it is exactly zero
     # outside the lesion and a counterfactual leaves every other pixel as it was
     lesion_support: bool = False
+    # with a lesion branch and its support gate: the branch also draws a log-scale offset of the pixel distribution,
+    # inside the lesion's support only. What the lesion code cannot hold (a consolidation's fine mottling, a meniscus's
+    # exact edge) otherwise stays in the standardised residual, and a removal carries it over unchanged; with a scale
+    # of its own the lesion's residual is a wider distribution, which a removal narrows back to the anatomy's
+    lesion_scale: bool = False
+    # with a lesion branch and its support gate: how the lesion meets the anatomy. "add": the branch's rectified map is
+    # added to the trunk's mean (an opacity adds attenuation along the ray). "composite": the branch draws an optical
+    # depth tau >= 0 (rectified, so exactly zero outside the lesion) and a density d; the mean is
+    # anatomy + alpha * (d - anatomy) with alpha = 1 - exp(-tau): fluid or consolidation that fills the airspace
+    # replaces what the ray saw there (the ribs and the dome vanish under an effusion), and a removal restores the
+    # trunk's anatomy under it
+    lesion_blend: str = "add"
     # with a lesion branch: the branch reads the trunk's features without sending gradient into them. Otherwise the
     # likelihood teaches the trunk to leave hints of the lesion in its features (its image stays lesion-free for the
     # anatomy adversary), the branch learns to draw from those hints, and an addition to a healthy image, whose
@@ -138,6 +150,14 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: resolutions must run from 1 to {self.resolution}")
         if self.lesion_reads not in ("features", "anatomy"):
             raise ValueError(f"preset {self.name!r}: lesion_reads must be 'features' or 'anatomy'")
+        if self.lesion_scale and not self.lesion_support:
+            raise ValueError(
+                f"preset {self.name!r}: lesion_scale needs lesion_support (the offset lives on the support)"
+            )
+        if self.lesion_blend not in ("add", "composite"):
+            raise ValueError(f"preset {self.name!r}: lesion_blend must be 'add' or 'composite'")
+        if self.lesion_blend == "composite" and self.lesion_blocks and not self.lesion_support:
+            raise ValueError(f"preset {self.name!r}: lesion_blend 'composite' needs lesion_support")
         if self.cf_interventions not in ("marginal", "additions"):
             raise ValueError(f"preset {self.name!r}: cf_interventions must be 'marginal' or 'additions'")
         if list(self.resolutions) != sorted(set(self.resolutions)):
