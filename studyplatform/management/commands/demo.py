@@ -34,6 +34,9 @@ NIH_SAMPLE = settings.BASE_DIR / "fixtures" / "nih-cxr-sample"
 # stimulus screening (the test split of an 80/10/10 split has 5 pneumonia images, one of them a child's).
 NIH_SAMPLE_OPTIONS = {"views": ["PA", "AP"], "seed": 0, "fractions": [0.5, 0.1, 0.4]}
 CONDITIONS = ("healthy", "effusion", "pneumonia")
+# Seconds of training for both models together: a cap, not a target. The cpu-64 plan takes about 12 minutes for the
+# baseline and 17 for the proposed model (expert and three active-learning rounds) on a quiet 2-core machine.
+DEFAULT_BUDGET = 2400
 
 
 class Mode:
@@ -44,9 +47,11 @@ class Mode:
         self.preset = "test-32" if quick else "cpu-64"
         self.resolution = 32 if quick else 64
         self.budget = budget
-        # Shares of the total budget: the proposed model also trains its expert and fine-tunes per AL round.
-        self.baseline_budget = 0.25 * budget
-        self.proposed_budget = 0.30 * budget
+        # Shares of the training budget: the proposed model also trains its expert and fine-tunes per AL round. The
+        # budget only caps the presets' step plans: on a quiet 2-core machine both plans finish inside their shares
+        # of the default (see DEFAULT_BUDGET); a busier machine reaches the cap and the summary says so.
+        self.baseline_budget = 0.4 * budget
+        self.proposed_budget = 0.6 * budget
         self.steps = {"parents": 40, "predictors": 40, "hvae": 60, "counterfactual": 30} if quick else None
         self.eval_images = 32 if quick else 128
         # The evaluation's own expert and predictors are trained once per data set (independent of both runs).
@@ -72,13 +77,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--budget",
             type=float,
-            default=float(os.environ.get("DEMO_BUDGET", 1200)),
-            help="seconds of training for both models together (env DEMO_BUDGET; default 1200)",
+            default=float(os.environ.get("DEMO_BUDGET", DEFAULT_BUDGET)),
+            help=f"cap in seconds on the training of both models together (env DEMO_BUDGET; default {DEFAULT_BUDGET})",
         )
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
-    def handle(self, *args, quick=False, skip_training=False, no_serve=False, serve_only=False, budget=1200, **o):
+    def handle(
+        self, *args, quick=False, skip_training=False, no_serve=False, serve_only=False, budget=DEFAULT_BUDGET, **o
+    ):
         started = time.monotonic()
         host, port = o["host"], o["port"]
         if no_serve and serve_only:
