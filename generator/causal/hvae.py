@@ -340,6 +340,12 @@ class ConditionalHVAE(nn.Module):
                 self.lesion_map_posterior[-1].weight.mul_(0.1)
                 self.lesion_map_posterior[-1].bias.zero_()
             self.lesion_map_seed = nn.Conv2d(self.lesion_map_channels, widths[top], 3, padding=1)
+            with torch.no_grad():
+                # the spatial code enters silent: at the start its posterior is the prior, and hundreds of N(0, 1)
+                # values per image fed straight into the branch drown what it must first learn from the features
+                # (on one phantom seed of three the branch then never started and the trunk drew every lesion)
+                for parameter in self.lesion_map_seed.parameters():
+                    parameter.zero_()
 
     def output_head(self, width, channels=2):
         """Pixel maps (mean and log-sigma by default) from the top features, unfolding 2x2 patches when the trunk

@@ -221,6 +221,7 @@ PRESETS = {
         lesion_blocks=1,
         anatomy_weight=1.0,
         lesion_latent=16,
+        lesion_latent_map=2,
         lesion_support=True,
         lesion_free_bits=4.0,
         lesion_sparsity=1.0,

@@ -14,9 +14,9 @@ pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 def latent_model(support=True, code=4, channels=0, **fields):
     """A test-32 model with a lesion branch, a 4-dim lesion code per disease (or `code` dimensions and a spatial code
-    of `channels` per grid position) and (by default) a rectified map; the branch's output layer and the posterior
-    heads are randomised, as after training, so the code shapes what the branch draws. `fields` set other preset
-    fields."""
+    of `channels` per grid position) and (by default) a rectified map; the branch's output layer, the posterior
+    heads and the spatial code's entry are randomised, as after training, so the code shapes what the branch draws.
+    `fields` set other preset fields."""
     preset = get_preset("test-32")
     preset.lesion_blocks = 1
     preset.lesion_latent = code
@@ -34,6 +34,7 @@ def latent_model(support=True, code=4, channels=0, **fields):
             model.hvae.lesion_posterior[-1].weight.normal_(0, 0.3)
         if channels:
             model.hvae.lesion_map_posterior[-1].weight.normal_(0, 0.3)
+            model.hvae.lesion_map_seed.weight.normal_(0, 0.3)  # the spatial code enters silent until trained
     return model.eval()
 
 
@@ -205,3 +206,36 @@ def test_the_sparsity_term_adds_the_mean_lesion_map_to_the_objective_of_diseased
     expected = 2.0 * out["lesion"].detach().abs().flatten(1).mean(1)
     assert gap[0] == 0 and (gap[1:] > 0).all()
     assert torch.allclose(gap, expected, atol=1e-6)
+
+
+def test_cpu64_holds_a_consolidations_texture_in_a_spatial_code_on_the_phantoms_texture_grid():
+    from generator.causal.hvae import ConditionalHVAE
+    from generator.data.phantom import PNEUMONIA_TEXTURE_GRID
+
+    preset = get_preset("cpu-64")
+    hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
+    assert preset.lesion_latent > 0 and preset.lesion_latent_map > 0
+    # one N(0, I) value per channel and position of a 16 px grid, as fine as the texture the phantom draws
+    assert hvae.lesion_map_size == PNEUMONIA_TEXTURE_GRID
+    assert hvae.lesion_latent_dim == preset.lesion_latent + preset.lesion_latent_map * PNEUMONIA_TEXTURE_GRID**2
+
+
+def test_a_fresh_spatial_code_enters_the_branch_silent_and_still_learns():
+    preset = get_preset("test-32")
+    preset.lesion_blocks, preset.lesion_latent, preset.lesion_latent_map, preset.lesion_support = 1, 0, 2, True
+    torch.manual_seed(0)
+    model = CounterfactualModel(MIMIC_GRAPH, preset)
+    hvae = model.hvae
+    with torch.no_grad():
+        hvae.lesion_output.weight.normal_(0, 0.3)
+    x, pa = batch([1, 2, 1, 2])
+    with torch.no_grad():
+        decoded = hvae.decode(pa, hvae.encode(x), sample=False)
+        first = hvae.prior_lesion_latents(4, x.device, torch.Generator().manual_seed(1))
+        second = hvae.prior_lesion_latents(4, x.device, torch.Generator().manual_seed(2))
+        one = hvae.lesion(decoded["features"], pa, first, decoded["anatomy"])
+        two = hvae.lesion(decoded["features"], pa, second, decoded["anatomy"])
+    assert torch.equal(one, two)  # at the start the code changes nothing the branch draws
+    out = hvae.elbo(x, pa)
+    out["objective"].mean().backward()
+    assert hvae.lesion_map_seed.weight.grad.abs().sum() > 0  # but its entry is trained from the first step

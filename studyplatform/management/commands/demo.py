@@ -34,8 +34,9 @@ NIH_SAMPLE = settings.BASE_DIR / "fixtures" / "nih-cxr-sample"
 # stimulus screening (the test split of an 80/10/10 split has 5 pneumonia images, one of them a child's).
 NIH_SAMPLE_OPTIONS = {"views": ["PA", "AP"], "seed": 0, "fractions": [0.5, 0.1, 0.4]}
 CONDITIONS = ("healthy", "effusion", "pneumonia")
-# Seconds of training for both models together: a cap, not a target. The cpu-64 plan takes about 12 minutes for the
-# baseline and 17 for the proposed model (expert and three active-learning rounds) on a quiet 2-core machine.
+# Seconds of training for both models together: a cap, not a target. Estimated from the stage times of single-thread
+# phantom runs, the cpu-64 plan takes about 14 minutes for the baseline and 21 for the proposed model (expert and
+# three active-learning rounds) on a quiet 2-core machine, inside the 40% / 60% shares.
 DEFAULT_BUDGET = 2400
 
 
