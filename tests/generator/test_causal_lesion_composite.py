@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from generator.causal.hvae import Abduction
 from generator.training.presets import Preset, get_preset
 from tests.generator.test_causal_lesion_branch import batch
-from tests.generator.test_causal_lesion_latent import latent_model
+from tests.generator.test_causal_lesion_latent import (
+    assert_unchanged_outside_the_support,
+    latent_model,
+    remove_and_add_back,
+)
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
@@ -64,41 +67,15 @@ def test_the_mean_is_the_anatomy_blended_towards_the_density_by_one_minus_exp_of
 
 
 def test_outside_the_depths_support_a_composite_counterfactual_equals_the_input_exactly():
-    model = composite_model()
-    x, pa = batch([0, 1, 2, 1, 0, 2], seed=5)
-    with torch.no_grad():
-        for target in (0, 1, 2):
-            abducted = model.abduct(x, pa, generator=torch.Generator().manual_seed(target))
-            pa_cf = model.intervene(abducted, {"disease": target})
-            _, lesion_cf = model.hvae.predict(abducted.image_noise[0], pa_cf, with_lesion=True)
-            _, lesion = model.hvae.predict(abducted.image_noise[0], pa, with_lesion=True)
-            x_cf = model.predict(abducted, pa_cf).x_cf
-            outside = (lesion == 0) & (lesion_cf == 0)
-            assert outside.any() and (~outside).any()
-            assert torch.equal(x_cf[outside], x[outside])
+    assert_unchanged_outside_the_support(composite_model())
 
 
 def test_a_composite_removal_followed_by_re_adding_with_the_inferred_code_returns_the_input():
     hvae = composite_model(lesion_scale=True).hvae
     with torch.no_grad():
         hvae.lesion_scale_output.weight.normal_(0, 0.3)
-    x, pa = batch([1, 2, 1, 2], seed=3)
-    x = x * 0.5
-    healthy = dict(pa, disease=torch.zeros(4, dtype=torch.long))
-    with torch.no_grad():
-        seen = hvae.abduct(x, pa)
-        removed = hvae.predict(seen, healthy)
-        assert (removed - x).abs().mean() > 1e-3
-        decoded = hvae.decode(healthy, latents=seen.latents, lesion_latents=seen.lesion_latents)
-        without = Abduction(
-            latents=seen.latents,
-            pixel_noise=(removed - decoded["mean"]) * torch.exp(-decoded["log_sigma"]),
-            lesion_latents=seen.lesion_latents,
-            x=removed,
-            mean=decoded["mean"],
-            log_sigma=decoded["log_sigma"],
-        )
-        restored = hvae.predict(without, pa)
+    x, removed, restored = remove_and_add_back(hvae)
+    assert (removed - x).abs().mean() > 1e-3
     assert torch.allclose(restored, x, atol=1e-5)
 
 

@@ -96,16 +96,15 @@ def test_several_samples_of_an_addition_give_a_per_pixel_uncertainty_inside_the_
     assert torch.equal(cf.uncertainty[untouched], torch.zeros_like(cf.uncertainty[untouched]))
 
 
-def test_removing_a_lesion_and_adding_it_back_with_the_inferred_code_returns_the_input():
-    model = latent_model()
-    hvae = model.hvae
-    x, pa = batch([1, 2, 1, 2], seed=3)
-    x = x * 0.5  # away from the clamp at -1 and 1, so that subtracting and adding back is lossless
+def remove_and_add_back(hvae, seed=3):
+    """Diseased test images (halved, away from the clamp at -1 and 1, so subtracting and adding back is lossless),
+    their removal do(healthy), and the removal's lesion added back with the code inferred from the diseased image."""
+    x, pa = batch([1, 2, 1, 2], seed=seed)
+    x = x * 0.5
     healthy = dict(pa, disease=torch.zeros(4, dtype=torch.long))
     with torch.no_grad():
         seen = hvae.abduct(x, pa)
         removed = hvae.predict(seen, healthy)
-        assert (removed - x).abs().mean() > 1e-3
         # the removed image's own noise: the anatomy's latents and pixel noise are untouched by the removal, and the
         # lesion code is the one inferred from the diseased image
         decoded = hvae.decode(healthy, latents=seen.latents, lesion_latents=seen.lesion_latents)
@@ -118,11 +117,18 @@ def test_removing_a_lesion_and_adding_it_back_with_the_inferred_code_returns_the
             log_sigma=decoded["log_sigma"],
         )
         restored = hvae.predict(without, pa)
+    return x, removed, restored
+
+
+def test_removing_a_lesion_and_adding_it_back_with_the_inferred_code_returns_the_input():
+    x, removed, restored = remove_and_add_back(latent_model().hvae)
+    assert (removed - x).abs().mean() > 1e-3
     assert torch.allclose(restored, x, atol=1e-6)
 
 
-def test_outside_the_support_of_the_lesion_map_a_counterfactual_equals_the_input_exactly():
-    model = latent_model()
+def assert_unchanged_outside_the_support(model):
+    """Every intervention on the disease leaves each pixel outside the factual and counterfactual lesions exactly as
+    it was, and an addition changes some pixel inside."""
     x, pa = batch([0, 1, 2, 1, 0, 2], seed=5)
     with torch.no_grad():
         for target in (0, 1, 2):
@@ -138,6 +144,10 @@ def test_outside_the_support_of_the_lesion_map_a_counterfactual_equals_the_input
             inside_changed = (x_cf != x) & ~outside
             if target in (1, 2):
                 assert inside_changed.any()
+
+
+def test_outside_the_support_of_the_lesion_map_a_counterfactual_equals_the_input_exactly():
+    assert_unchanged_outside_the_support(latent_model())
 
 
 def test_the_rectified_map_only_adds_opacity():
