@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generator.data.datasets import CXRDataset  # noqa: E402
 from generator.data.graph import DISEASE_CLASSES, MIMIC_GRAPH  # noqa: E402
 from generator.data.phantom import PhantomSCM  # noqa: E402
-from generator.training.pipeline import RunConfig, load_model, train  # noqa: E402
+from generator.training.pipeline import RunConfig, load_model  # noqa: E402
 from generator.training.presets import get_preset  # noqa: E402
 from generator.training.variants import train_variant  # noqa: E402
 
@@ -280,11 +280,7 @@ def main():
             last[stage] = time.time()
             print(f"[{time.time() - started:6.0f}s] {stage} {fraction:.0%} {message}", flush=True)
 
-    resume = args.resume or args.score_only
-    if args.variant == "baseline":
-        summary = train(config, preset, splits, out, progress=progress, resume=resume)
-    else:
-        summary = train_variant(config, preset, splits, out, progress=progress, resume=resume)
+    summary = train_variant(config, preset, splits, out, progress=progress, resume=args.resume or args.score_only)
     training_seconds = time.time() - started
     classifier = evaluation_classifier(splits["train"])
     with torch.no_grad():

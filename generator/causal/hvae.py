@@ -203,6 +203,14 @@ def rectify(m):
     return Rectify.apply(m)
 
 
+def silent(layer):
+    """`layer` with every parameter zero: it outputs nothing at the start, and its weights still get a gradient."""
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.zero_()
+    return layer
+
+
 class ConditionalHVAE(nn.Module):
     def __init__(self, preset, graph):
         super().__init__()
@@ -269,8 +277,8 @@ class ConditionalHVAE(nn.Module):
         self.lesion_code_dim = preset.lesion_latent if has_lesion else 0
         self.lesion_map_channels = preset.lesion_latent_map if has_lesion else 0
         self.lesion_support = bool(preset.lesion_support) and has_lesion
-        self.lesion_scale = bool(getattr(preset, "lesion_scale", False)) and self.lesion_support
-        self.lesion_composite = getattr(preset, "lesion_blend", "add") == "composite" and self.lesion_support
+        self.lesion_scale = bool(preset.lesion_scale) and self.lesion_support
+        self.lesion_composite = preset.lesion_blend == "composite" and self.lesion_support
         self.lesion_free_bits = float(preset.lesion_free_bits)
         self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
         self.lesion_detached = bool(preset.lesion_detached) and has_lesion
@@ -296,15 +304,10 @@ class ConditionalHVAE(nn.Module):
             # is a smooth opacity, and the free 2x2 sub-pixels of a patch-unfolding head let counterfactual training
             # paint checkerboard patterns that convince a classifier without being a lesion
             # additive: the map; composite: the optical depth and the density
-            self.lesion_output = nn.Conv2d(widths[top], 2 if self.lesion_composite else 1, 3, padding=1)
-            with torch.no_grad():  # the branch starts by drawing nothing
-                for parameter in self.lesion_output.parameters():
-                    parameter.zero_()
-            if self.lesion_scale:
-                self.lesion_scale_output = nn.Conv2d(widths[top], 1, 3, padding=1)
-                with torch.no_grad():  # and by leaving the pixel scale as the trunk has it
-                    for parameter in self.lesion_scale_output.parameters():
-                        parameter.zero_()
+            # the branch starts by drawing nothing
+            self.lesion_output = silent(nn.Conv2d(widths[top], 2 if self.lesion_composite else 1, 3, padding=1))
+            if self.lesion_scale:  # and by leaving the pixel scale as the trunk has it
+                self.lesion_scale_output = silent(nn.Conv2d(widths[top], 1, 3, padding=1))
         # z_L per disease class, flattened: the vector code first, then the spatial code's channels x grid
         self.lesion_posterior_resolution = max(r for r in self.trunk_resolutions if r <= 16)
         self.lesion_map_size = self.lesion_posterior_resolution
@@ -339,13 +342,10 @@ class ConditionalHVAE(nn.Module):
             with torch.no_grad():
                 self.lesion_map_posterior[-1].weight.mul_(0.1)
                 self.lesion_map_posterior[-1].bias.zero_()
-            self.lesion_map_seed = nn.Conv2d(self.lesion_map_channels, widths[top], 3, padding=1)
-            with torch.no_grad():
-                # the spatial code enters silent: at the start its posterior is the prior, and hundreds of N(0, 1)
-                # values per image fed straight into the branch drown what it must first learn from the features
-                # (on one phantom seed of three the branch then never started and the trunk drew every lesion)
-                for parameter in self.lesion_map_seed.parameters():
-                    parameter.zero_()
+            # the spatial code enters silent: at the start its posterior is the prior, and hundreds of N(0, 1)
+            # values per image fed straight into the branch drown what it must first learn from the features (on one
+            # phantom seed of three the branch then never started and the trunk drew every lesion)
+            self.lesion_map_seed = silent(nn.Conv2d(self.lesion_map_channels, widths[top], 3, padding=1))
 
     def output_head(self, width, channels=2):
         """Pixel maps (mean and log-sigma by default) from the top features, unfolding 2x2 patches when the trunk
@@ -364,12 +364,13 @@ class ConditionalHVAE(nn.Module):
         return F.one_hot(pa[self.lesion_node].long(), self.lesion_classes + 1)[:, 1:].float()
 
     def lesion(self, h, pa, lesion_latents=None, anatomy=None):
-        """The lesion branch's additive pixel-mean map (see `lesion_outputs`)."""
+        """The lesion branch's change of the pixel mean (see `lesion_outputs`)."""
         return self.lesion_outputs(h, pa, lesion_latents, anatomy)[0]
 
     def lesion_outputs(self, h, pa, lesion_latents=None, anatomy=None):
-        """The lesion branch's additive pixel-mean map and its pixel log-sigma offset (None without `lesion_scale`);
-        both zero wherever the lesion node is in category 0.
+        """The lesion branch's change of the pixel mean (its map, or with `lesion_blend="composite"` the blend towards
+        its density) and its pixel log-sigma offset (None without `lesion_scale`); both zero wherever the lesion node
+        is in category 0.
 
         With a lesion latent, the code of the image's own disease class (`lesion_latents[:, k - 1]`) shapes the map;
         with a support gate the map is rectified: an opacity only adds attenuation, and it is exactly zero outside
@@ -611,7 +612,7 @@ class ConditionalHVAE(nn.Module):
             pa=pa,
             features=decoded["features"],
             anatomy=decoded["anatomy"],
-            anatomy_log_sigma=decoded.get("anatomy_log_sigma"),
+            anatomy_log_sigma=decoded["anatomy_log_sigma"],
         )
 
     def trunk_unchanged(self, abduction, pa):
@@ -624,9 +625,7 @@ class ConditionalHVAE(nn.Module):
         """The decoder's output under `pa` for the abducted noise; reruns only the lesion branch when it can."""
         if self.lesion_node is not None and self.trunk_unchanged(abduction, pa):
             lesion, scale = self.lesion_outputs(abduction.features, pa, abduction.lesion_latents, abduction.anatomy)
-            log_sigma = abduction.log_sigma
-            if scale is not None:
-                log_sigma = self.pixel_log_sigma(abduction.anatomy_log_sigma, scale)
+            log_sigma = self.pixel_log_sigma(abduction.anatomy_log_sigma, scale)
             return {"mean": abduction.anatomy + lesion, "log_sigma": log_sigma, "lesion": lesion}
         return self.decode(pa, latents=abduction.latents, lesion_latents=abduction.lesion_latents)
 

@@ -49,8 +49,8 @@ class Mode:
         self.resolution = 32 if quick else 64
         self.budget = budget
         # Shares of the training budget: the proposed model also trains its expert and fine-tunes per AL round. The
-        # budget only caps the presets' step plans: on a quiet 2-core machine both plans finish inside their shares
-        # of the default (see DEFAULT_BUDGET); a busier machine reaches the cap and the summary says so.
+        # budget only caps the presets' step plans, which on a quiet 2-core machine are estimated to finish inside
+        # their shares of the default (see DEFAULT_BUDGET); a busier machine reaches the cap and the summary says so.
         self.baseline_budget = 0.4 * budget
         self.proposed_budget = 0.6 * budget
         self.steps = {"parents": 40, "predictors": 40, "hvae": 60, "counterfactual": 30} if quick else None
