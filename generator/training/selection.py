@@ -7,9 +7,13 @@ held-out validation images, and the best becomes the final checkpoint. Lower sco
 
 - Phantom data (the validation split carries its structural causal model): the error of removals do(healthy) to the
   TRUE counterfactual, relative to the "no change" answer, plus one minus the localisation (the share of the change
-  inside the true change region for removals, inside the lesion's plausible zone for additions).
-- Real data: one minus the agreement of a judge with the intervened disease, plus a minimal-change term. The judge is
-  a classifier trained here on the validation split, which no part of the generator saw in training.
+  inside the true change region for removals, inside the lesion's plausible zone for additions), plus one minus the
+  agreement of the judge with the intervened disease. Without the judge's term a model whose additions change almost
+  nothing, but change it in the right place, scores as well as one whose additions draw a lesion.
+- Real data: one minus the agreement of the judge with the intervened disease, plus a minimal-change term.
+
+The judge is a small classifier trained here on the validation split, which no part of the generator saw in training;
+its accuracy on that split is reported with the scores.
 """
 
 import torch
@@ -33,11 +37,15 @@ def counterfactuals_under(model, dataset, index, node, target, seed):
     return pa, counterfactuals(model, dataset.x[index], pa, do, generator=generator)[0]
 
 
-def phantom_score(model, dataset, node, images, seed):
-    """Removal error ratio and localisation against the phantom's truth."""
+def phantom_score(model, dataset, node, images, seed, judge):
+    """Removal error ratio and localisation against the phantom's truth, and the judge's agreement.
+
+    `addition_strength` (reported, not scored) is the mean change of the additions relative to the true
+    counterfactual's: 0 when they draw nothing, above 1 when they draw more than the phantom's lesions.
+    """
     scm, resolution = dataset.scm, dataset.x.shape[-1]
     disease = dataset.pa[node]
-    ratios, shares = [], []
+    ratios, shares, agree, strengths = [], [], [], []
     for target in range(dataset.graph[node].cardinality):
         index = torch.nonzero(disease != target).flatten()[:images]
         if len(index) == 0:
@@ -50,11 +58,26 @@ def phantom_score(model, dataset, node, images, seed):
             region = region | scm.plausible_zone(pa, u, target, resolution, draws=ZONE_DRAWS, rng=seed)
         change = (x_cf - x).abs()
         shares.append(((change * region).flatten(1).sum(1) / change.flatten(1).sum(1).clamp(min=1e-8)).mean().item())
+        with torch.no_grad():
+            agree.append((judge(x_cf)[node].argmax(-1) == target).float().mean().item())
         if target == 0:
             ratios.append(((x_cf - truth).abs().mean() / (x - truth).abs().mean().clamp(min=1e-8)).item())
-    removal = sum(ratios) / len(ratios) if ratios else 1.0
-    localisation = sum(shares) / len(shares) if shares else 0.0
-    return {"score": removal + (1 - localisation), "removal_error_ratio": removal, "localisation": localisation}
+        else:
+            strengths.append((change.mean() / (truth - x).abs().mean().clamp(min=1e-8)).item())
+    removal = mean(ratios, 1.0)
+    localisation = mean(shares, 0.0)
+    agreement = mean(agree, 0.0)
+    return {
+        "score": removal + (1 - localisation) + (1 - agreement),
+        "removal_error_ratio": removal,
+        "localisation": localisation,
+        "judge_agreement": agreement,
+        "addition_strength": mean(strengths, 0.0),
+    }
+
+
+def mean(values, empty):
+    return sum(values) / len(values) if values else empty
 
 
 def train_judge(dataset, node, seed, steps=JUDGE_STEPS, width=16, batch_size=32):
@@ -88,20 +111,22 @@ def judge_score(model, dataset, node, images, seed, judge):
         with torch.no_grad():
             agree.append((judge(x_cf)[node].argmax(-1) == target).float().mean().item())
         changes.append((x_cf - dataset.x[index]).abs().mean().item())
-    agreement = sum(agree) / len(agree) if agree else 0.0
-    change = sum(changes) / len(changes) if changes else 0.0
+    agreement, change = mean(agree, 0.0), mean(changes, 0.0)
     return {"score": (1 - agreement) + CHANGE_WEIGHT * change, "judge_agreement": agreement, "mean_abs_change": change}
 
 
 def select_final(candidates, dataset, node="disease", images=DEFAULT_IMAGES, seed=0):
     """Score every candidate model {name: model} on the validation `dataset`; returns (best name, {name: scores})."""
     phantom = getattr(dataset, "scm", None) is not None and getattr(dataset, "u", None) is not None
-    judge = None if phantom else train_judge(dataset, node, seed)
+    judge = train_judge(dataset, node, seed)
+    with torch.no_grad():
+        judge_accuracy = (judge(dataset.x)[node].argmax(-1) == dataset.pa[node]).float().mean().item()
     scores = {}
     for name, model in candidates.items():
         if phantom:
-            scores[name] = {"method": "phantom truth", **phantom_score(model, dataset, node, images, seed)}
+            scores[name] = {"method": "phantom truth", **phantom_score(model, dataset, node, images, seed, judge)}
         else:
             scores[name] = {"method": "validation judge", **judge_score(model, dataset, node, images, seed, judge)}
+        scores[name]["judge_accuracy"] = judge_accuracy
     best = min(scores, key=lambda name: scores[name]["score"])
     return best, scores

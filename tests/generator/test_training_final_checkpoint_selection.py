@@ -15,11 +15,12 @@ pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
 
 
 class Oracle(nn.Module):
-    """Answers with the phantom's true counterfactual (`truthful`) or with the factual image unchanged."""
+    """Answers with the phantom's true counterfactual (`truthful`), or with the factual image unchanged, or with only
+    `strength` of the true change (a faint counterfactual, exactly in the right place)."""
 
-    def __init__(self, dataset, truthful):
+    def __init__(self, dataset, truthful, strength=1.0):
         super().__init__()
-        self.dataset, self.truthful = dataset, truthful
+        self.dataset, self.truthful, self.strength = dataset, truthful, strength
         self.anchor = nn.Parameter(torch.zeros(()))
         self.rows = {dataset.x[i].numpy().tobytes(): i for i in range(len(dataset.x))}
 
@@ -29,7 +30,7 @@ class Oracle(nn.Module):
         index = [self.rows[image.numpy().tobytes()] for image in x]
         u = self.dataset.u[index]
         truth, pa_cf, _ = self.dataset.scm.true_counterfactual(pa, u, do, x.shape[-1])
-        return SimpleNamespace(x_cf=truth, pa_cf=pa_cf)
+        return SimpleNamespace(x_cf=x + self.strength * (truth - x), pa_cf=pa_cf)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,19 @@ def test_on_phantom_data_the_candidate_closer_to_the_true_counterfactual_is_chos
     assert scores["true"]["localisation"] == pytest.approx(1.0)
     assert scores["unchanged"]["removal_error_ratio"] == pytest.approx(1.0)
     assert scores["unchanged"]["score"] > scores["true"]["score"]
+    assert scores["true"]["addition_strength"] == pytest.approx(1.0)
+    assert 0.0 < scores["true"]["judge_accuracy"] <= 1.0
+
+
+def test_on_phantom_data_a_faint_counterfactual_in_the_right_place_loses_to_the_true_one(phantom_splits):
+    """Localisation alone cannot tell them apart (all of the change is inside the true region); the judge can."""
+    valid = phantom_splits["valid"]
+    candidates = {"faint": Oracle(valid, truthful=True, strength=0.05), "true": Oracle(valid, truthful=True)}
+    best, scores = select_final(candidates, valid, images=16)
+    assert best == "true"
+    assert scores["faint"]["localisation"] == pytest.approx(scores["true"]["localisation"], abs=1e-4)
+    assert scores["faint"]["addition_strength"] == pytest.approx(0.05, rel=1e-3)
+    assert scores["faint"]["judge_agreement"] < scores["true"]["judge_agreement"]
 
 
 def test_on_real_data_a_judge_trained_on_the_validation_split_scores_agreement_and_change(phantom_splits):
