@@ -36,11 +36,38 @@ def choose_device():
     return torch.device("cpu")
 
 
-def free_cores():
-    """Cores not busy with other work: the CPU count minus the one-minute load average, at least one."""
+def free_cores(interval=1.0):
+    """Cores not busy with other work, at least one.
+
+    Measured over `interval` seconds from the kernel's CPU counters, less this process's own CPU time, so a process
+    that has just finished training (the demo trains its two models one after the other) does not count itself as
+    other work; the one-minute load average would still show it for minutes and halve the next run's threads. Where
+    the counters cannot be read (not Linux), the CPU count minus the one-minute load average.
+    """
     cpus = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cpus, int(cpus - load + 0.5)))
+    busy = busy_cores_of_others(interval)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, int(cpus - busy + 0.5)))
+
+
+def busy_cores_of_others(interval=1.0, stat="/proc/stat"):
+    """How many cores other processes kept busy during the next `interval` seconds (None without /proc/stat)."""
+
+    def busy_seconds():
+        with open(stat) as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        busy_before, own_before, wall_before = busy_seconds(), time.process_time(), time.monotonic()
+        time.sleep(interval)
+        busy_after, own_after, wall_after = busy_seconds(), time.process_time(), time.monotonic()
+    except (OSError, ValueError, IndexError):
+        return None
+    others = (busy_after - busy_before) - (own_after - own_before)
+    return max(0.0, others / max(wall_after - wall_before, 1e-6))
 
 
 def apply_thread_policy(threads=None):
