@@ -14,6 +14,7 @@ observational free energy stays at the pretrained model's level.
 """
 
 import copy
+import math
 
 import torch
 
@@ -260,8 +261,11 @@ class CounterfactualTask(StageTask):
         if self.additions_only:
             # the predictors judge the added lesions only; an image left as it was carries no counterfactual signal
             added = (pa_cf[node] != pa[node]).to(x.dtype)
-            log_prob = self.predictors.log_prob(cf.x_cf, cf.pa_cf, [node])[node]
-            counterfactual_loss = -(log_prob * added).sum() / added.sum().clamp(min=1.0)
+            nll = -self.predictors.log_prob(cf.x_cf, cf.pa_cf, [node])[node]
+            if preset.cf_confidence:
+                # zero once the judge gives the added disease at least `cf_confidence`
+                nll = (nll + math.log(preset.cf_confidence)).clamp(min=0.0)
+            counterfactual_loss = (nll * added).sum() / added.sum().clamp(min=1.0)
         else:
             changed = [n for n in self.graph.names if n in do or not torch.equal(cf.pa_cf[n], pa[n])]
             counterfactual_loss = -sum(v.mean() for v in self.predictors.log_prob(cf.x_cf, cf.pa_cf, changed).values())

@@ -120,6 +120,11 @@ class Preset:
     # and with it every removal, where it was while the stage learns what to add (0 = off; the free-energy constraint
     # alone then holds it)
     cf_removal_anchor: float = 0.0
+    # with `cf_interventions="additions"`: the judge's probability of the added disease beyond which an addition earns
+    # nothing more (0 = off, the plain log-likelihood). The log-likelihood keeps rewarding a stronger lesion long
+    # after the judge is convinced; with a cap the minimal-change penalty then pulls the addition back to the least
+    # change that convinces it
+    cf_confidence: float = 0.0
     # with a lesion branch and a lesion latent: weight of a lesion critic in the ELBO stage. Each healthy image of a
     # batch also gets an addition drawn from the PRIOR lesion code (a random disease class), and the branch is
     # trained to make those maps indistinguishable from the maps it draws for real lesions from their posterior codes:
@@ -160,6 +165,10 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: lesion_blend 'composite' needs lesion_support")
         if self.cf_interventions not in ("marginal", "additions"):
             raise ValueError(f"preset {self.name!r}: cf_interventions must be 'marginal' or 'additions'")
+        if not 0.0 <= self.cf_confidence < 1.0:
+            raise ValueError(f"preset {self.name!r}: cf_confidence must lie in [0, 1)")
+        if self.cf_confidence and self.cf_interventions != "additions":
+            raise ValueError(f"preset {self.name!r}: cf_confidence caps the judge of additions ('additions' only)")
         if list(self.resolutions) != sorted(set(self.resolutions)):
             raise ValueError(f"preset {self.name!r}: resolutions must be strictly increasing")
         missing = set(self.latent_resolutions) - set(self.resolutions)

@@ -99,3 +99,27 @@ def test_cpu64_judges_additions_with_the_removal_anchored_and_paper192_keeps_the
     demo, paper = get_preset("cpu-64"), get_preset("paper-192")
     assert demo.cf_interventions == "additions" and demo.cf_removal_anchor > 0 and demo.elbo_lesion_critic_weight > 0
     assert paper.cf_interventions == "marginal" and paper.cf_removal_anchor == 0
+
+
+@pytest.mark.parametrize(("judged", "cap", "expected"), [(0.5, 0.0, 0.6931), (0.5, 0.9, 0.5878), (0.95, 0.9, 0.0)])
+def test_the_confidence_cap_stops_rewarding_an_addition_the_judge_already_accepts(judged, cap, expected):
+    split = synthetic_split(16, 0)
+    preset = additions_preset()
+    preset.cf_confidence = cap
+    _, task = make_task(preset, split)
+
+    def judge(x, pa, names):  # a judge that gives every image the same probability of the disease it is told
+        return {name: torch.full((len(x),), judged).log() for name in names}
+
+    task.predictors.log_prob = judge
+    metrics = task.step(0)
+    # -log p, less -log(cap) where a cap is set, never below zero
+    assert metrics["counterfactual_loss"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_confidence_cap_is_a_probability_and_caps_additions_only():
+    with pytest.raises(ValueError, match="cf_confidence"):
+        tiny_preset(cf_confidence=1.0)
+    with pytest.raises(ValueError, match="additions"):
+        tiny_preset(cf_confidence=0.9)
+    assert additions_preset().cf_confidence == 0.0
