@@ -20,6 +20,18 @@ def under_trained_stages(stages):
     }
 
 
+def run_stages(summary):
+    """Every part of a run's training summary that has a step plan, in training order: the proposed model's expert,
+    the pipeline's stages and each active-learning round's fine-tuning ("round-1", ...)."""
+    stages = {}
+    if "planned_steps" in (summary.get("expert") or {}):
+        stages["expert"] = summary["expert"]
+    stages.update(summary.get("stages") or {})
+    for record in (summary.get("active_learning") or {}).get("rounds", []):
+        stages[f"round-{record['round']}"] = record.get("finetune") or {}
+    return stages
+
+
 def describe_under_training(under_trained):
     """Plain words for a run's under-trained stages, or "" when every stage reached half its steps."""
     if not under_trained:

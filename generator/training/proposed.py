@@ -35,7 +35,7 @@ from generator.training.active_learning import (
     select_top,
     track_forgetting,
 )
-from generator.training.budget import under_trained_stages
+from generator.training.budget import run_stages, under_trained_stages
 from generator.training.checkpoint import atomic_save, atomic_write_json, load_checkpoint, record_stage
 from generator.training.critics import LatentAdversary
 from generator.training.expert import load_expert, make_expert_extra_loss, train_expert, validation_auroc
@@ -123,9 +123,6 @@ def run_proposed(
         stage_config, preset, splits, out_dir, progress=progress, resume=resume, extra_loss=extra_loss
     )
     summary["expert"] = expert_report
-    if "planned_steps" in expert_report:
-        stages = {"expert": expert_report, **summary["stages"]}
-        summary["under_trained"] = under_trained_stages(stages)
     if config.variant == "expert-al":
         settings = al_settings or ActiveLearningSettings.from_config(config, preset)
         if budget is not None and settings.time_budget_s is None:
@@ -135,6 +132,8 @@ def run_proposed(
         summary["checkpoints"].update(report["checkpoints"])
         if report["checkpoints"]:
             summary["checkpoint"] = report["checkpoints"][f"round-{settings.rounds}"]
+    # the expert and every round's fine-tuning count as stages too: any of them cut short leaves the run under-trained
+    summary["under_trained"] = under_trained_stages(run_stages(summary))
     summary["seconds"] = time.monotonic() - started
     return summary
 
@@ -255,6 +254,7 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
             "ids": list(train_set.ids[n_before:]),
         }
         record["finetune"] = {key: value for key, value in record["finetune"].items() if key != "history"}
+        record["finetune"]["planned_steps"] = settings.finetune_steps
         round_meta = {**meta, "stage": f"round-{k}", "step": record["finetune"]["steps"], "complete": True}
         atomic_save(
             {

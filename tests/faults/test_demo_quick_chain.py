@@ -49,6 +49,8 @@ def test_quick_demo_runs_the_whole_chain_then_serves_the_study(tmp_path):
 
     # the final summary says how far each run trained
     assert re.search(r"demo-baseline-quick: steps parents \d+/\d+, predictors \d+/\d+, hvae \d+/\d+", prepared.stdout)
+    # the proposed model's expert and active-learning rounds are stages too
+    assert re.search(r"demo-expert-al-quick: steps expert \d+/\d+, parents .*, round-1 \d+/\d+", prepared.stdout)
     out = var_dir / "demo" / "quick"
     assert "Baseline" in (out / "evaluation" / "comparison.md").read_text()
     assert (out / "evaluation" / "figures" / "demo-expert-al-quick" / "forgetting_histograms.png").is_file()

@@ -43,6 +43,10 @@ def test_every_part_of_an_expert_al_run_gets_a_share_of_one_budget(monkeypatch, 
     assert 0 < seen["active_learning"] < budget  # what the expert and the stages left of it
     assert summary["expert"]["planned_steps"] >= summary["expert"]["steps"] > 0
     assert "round-1" in summary["checkpoints"]
+    # each round's fine-tuning records its plan, so a round the budget cuts short marks the run under-trained
+    finetune = summary["active_learning"]["rounds"][0]["finetune"]
+    assert finetune["planned_steps"] >= finetune["steps"] > 0
+    assert "round-1" not in summary["under_trained"]
 
 
 def test_an_expert_stopped_by_its_budget_reports_the_steps_it_reached(tmp_path):

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from generator.data import load_splits
 from generator.models import TrainingRun
 from generator.training import pipeline
-from generator.training.budget import describe_steps, describe_under_training, under_trained_stages
+from generator.training.budget import describe_steps, describe_under_training, run_stages, under_trained_stages
 from tests.generator.helpers import tiny_preset
 
 
@@ -23,6 +23,28 @@ def test_a_stage_below_half_its_planned_steps_is_under_trained_and_one_at_half_i
     assert "UNDER-TRAINED" in words and "hvae 21 of 4000 steps" in words
     assert describe_under_training({}) == ""
     assert describe_steps(stages) == "parents 300/300, hvae 21/4000, counterfactual 750/1500"
+
+
+def test_the_proposed_models_expert_and_active_learning_rounds_count_as_stages():
+    pipeline_stages = {"parents": {"steps": 300, "planned_steps": 300}, "hvae": {"steps": 4000, "planned_steps": 4000}}
+    summary = {
+        "expert": {"source": "trained", "steps": 13, "planned_steps": 13},
+        "stages": pipeline_stages,
+        "active_learning": {
+            "rounds": [
+                {"round": 1, "finetune": {"steps": 750, "planned_steps": 750, "valid_free_energy": 4.1}},
+                {"round": 2, "finetune": {"steps": 100, "planned_steps": 750}},
+            ]
+        },
+    }
+    stages = run_stages(summary)
+    assert list(stages) == ["expert", "parents", "hvae", "round-1", "round-2"]
+    assert describe_steps(stages) == "expert 13/13, parents 300/300, hvae 4000/4000, round-1 750/750, round-2 100/750"
+    assert under_trained_stages(stages) == {"round-2": {"steps": 100, "planned_steps": 750}}
+    # a baseline run has its pipeline stages only; an expert loaded from weights has no step plan
+    assert run_stages({"stages": pipeline_stages}) == pipeline_stages
+    assert list(run_stages({"expert": {"source": "weights"}, "stages": pipeline_stages})) == ["parents", "hvae"]
+    assert run_stages({}) == {}
 
 
 @pytest.mark.ml

@@ -157,10 +157,9 @@ class Command(BaseCommand):
     @staticmethod
     def training_summary(run):
         """The steps each training stage of a run reached, out of its plan."""
-        from generator.training.budget import describe_steps
+        from generator.training.budget import describe_steps, run_stages
 
-        stages = run.history.get("summary", {}).get("stages", {})
-        return "steps " + (describe_steps(stages) or "not recorded")
+        return "steps " + (describe_steps(run_stages(run.history.get("summary", {}))) or "not recorded")
 
     def step(self, title):
         self.stdout.write(self.style.MIGRATE_HEADING(f"== {title}"))
