@@ -81,6 +81,13 @@ def run_demo(var_dir, *arguments):
     )
 
 
+def default_stop_signals():
+    """In the child: SIGTERM and SIGHUP as a terminal's shell leaves them. A test run started under nohup passes
+    SIGHUP on ignored, and the demo rightly keeps a signal it was started to ignore."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_demo(var_dir, port, *extra, **env):
     return subprocess.Popen(
         [sys.executable, "manage.py", "demo", "--quick", "--serve-only", "--port", str(port), *extra],
@@ -89,6 +96,7 @@ def start_demo(var_dir, port, *extra, **env):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_stop_signals,
     )
 
 
