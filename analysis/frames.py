@@ -200,6 +200,11 @@ def tidy_answers(table, name="answers"):
             "simulated": pd.to_numeric(simulated, errors="coerce").astype(int),
         }
     )
+    # The columns of questions added to the question table after this module's checks were written: carried as
+    # text, in the contract's order, for whoever analyses them.
+    tidy = tidy.assign(**{column: cells[column] for column in ANSWER_COLUMNS if column not in tidy})[
+        list(ANSWER_COLUMNS)
+    ]
     phase_order = tidy["phase"].map({"block1": 0, "pre": 1, "post": 2})
     order = tidy.assign(_phase=phase_order).sort_values(
         ["participant", "block", "trial_index", "_phase"], kind="stable"

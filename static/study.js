@@ -34,7 +34,14 @@
 
   var hint = document.getElementById("submit-hint");
   var sent = false;
-  // Whether a question of each kind has its answer.
+  // Whether a question of each kind has its answer; a kind not listed here is answered once one of its inputs is
+  // checked or holds text.
+  function anyInput(fieldset) {
+    return Array.prototype.some.call(fieldset.querySelectorAll("input, textarea, select"), function (input) {
+      if (input.type === "radio" || input.type === "checkbox") return input.checked;
+      return input.type !== "hidden" && input.value.trim() !== "";
+    });
+  }
   var answered = {
     choice: function (fieldset) { return fieldset.querySelector("input:checked") !== null; },
     scale: function (fieldset) { return fieldset.querySelector("input:checked") !== null; },
@@ -44,7 +51,7 @@
   function missingAnswers() {
     var missing = [];
     Array.prototype.forEach.call(form.querySelectorAll("fieldset[data-missing]"), function (fieldset) {
-      if (!answered[fieldset.dataset.kind](fieldset)) missing.push(fieldset.dataset.missing);
+      if (!(answered[fieldset.dataset.kind] || anyInput)(fieldset)) missing.push(fieldset.dataset.missing);
     });
     return missing.length ? "Please " + missing.join(" and ") + "." : "";
   }

@@ -33,7 +33,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response as ApiResponse
 from rest_framework.routers import DefaultRouter
 
-from studyplatform import export, images, questions, ratelimit, services
+from studycolumns import questions
+from studyplatform import export, images, ratelimit, services
 from studyplatform.models import Case, Participant, Response, Stimulus, Study
 from studyplatform.parsers import BoundedJSONParser
 from studyplatform.permissions import RAW_IDS_PERMISSION, StaffModelPermissions
@@ -159,6 +160,7 @@ class ResponseSerializer(serializers.ModelSerializer):
             "reasons",
             "confidence",
             "rt_ms",
+            "other_answers",
             "answered_at",
         ]
 
@@ -369,24 +371,28 @@ def _number_field(question, required):
     return serializers.IntegerField(min_value=fixed[0], max_value=fixed[1], required=required)
 
 
-# The schema of each kind of question's answer (the choices of a choice are those of the column that stores it).
+def _string_field(question, required):
+    """Text; the choices of a choice stored in a column of its own are that column's (the service checks them
+    against the study's settings)."""
+    if question.kind == questions.CHOICE and question.own_column:
+        return serializers.ChoiceField(Response._meta.get_field(question.name).choices, required=required)
+    return serializers.CharField(required=required, allow_blank=not required)
+
+
+# The schema of each JSON type of answer (`Kind.value_type`): a new kind of question of an existing type needs none.
 ANSWER_SCHEMA_FIELDS = {
-    questions.CHOICE: lambda question, required: serializers.ChoiceField(
-        Response._meta.get_field(question.name).choices, required=required
-    ),
-    questions.CHECKLIST: lambda question, required: serializers.ListField(
+    questions.STRING: _string_field,
+    questions.INTEGER: _number_field,
+    questions.INTEGER_LIST: lambda question, required: serializers.ListField(
         child=serializers.IntegerField(min_value=1), required=required
     ),
-    questions.SCALE: _number_field,
-    questions.SLIDER: _number_field,
-    questions.ELAPSED: _number_field,
 }
 
 
 def _answer_schema_fields(question):
     """The answer fields of one question for the schema; a field is required where every phase asks its question."""
     required = question.required and questions.phases_asking(question.name) == tuple(questions.PHASE_QUESTIONS)
-    fields = {question.name: ANSWER_SCHEMA_FIELDS[question.kind](question, required)}
+    fields = {question.name: ANSWER_SCHEMA_FIELDS[question.kind_of.value_type](question, required)}
     if question.moved_field:
         fields[question.moved_field] = serializers.BooleanField(required=False)
     return fields
@@ -541,7 +547,7 @@ def participant_answer(request, token):
     response, created = services.answer_session({"token": token}, data.get("trial"), answer)
     # The session as the answer left it; its next step needs no second read of the participant.
     participant = response.participant
-    stored = {question.name: getattr(response, question.name) for question in questions.QUESTIONS}
+    stored = {question.name: response.answer_to(question) for question in questions.QUESTIONS}
     payload = {"created": created, "answer": stored, "next": _step_payload(participant)}
     return ApiResponse(payload, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -72,6 +72,12 @@ def block1_sources(participant_index, cases):
     return {label: source_for(participant_index, rank) for label, rank in latin_square_ranks(cases).items()}
 
 
+def _slider_starts(rng, slider_ranges, phase):
+    """{start field: random start} of the sliders a trial of `phase` shows (none: no draw, so a plan's other draws
+    do not depend on sliders that other phases have)."""
+    return {field: rng.randint(low, high) for field, (low, high) in slider_ranges.get(phase, ())}
+
+
 def new_seed():
     return secrets.randbits(48)
 
@@ -82,7 +88,7 @@ def build_plan(
     participant_index,
     block1_cases,
     block2_cases,
-    realness_range,
+    slider_ranges,
     attention_checks=(),
     block1_design=PAIRED,
     block1_conditions=(),
@@ -94,10 +100,10 @@ def build_plan(
     counterbalanced design each patient is shown once, as the source `block1_sources` assigns to this participant
     (block1_conditions: [(case_label, position, true_condition, cf_condition)], the Latin square's input). Returns
     (plan, cf_assignment). Every trial carries a random opaque id, which is what the participant submits, so a trial
-    id from another session matches nothing.
+    id from another session matches nothing. slider_ranges: {phase: ((start field, (lowest, highest)), ...)}, the
+    sliders of each phase (`questions.slider_ranges`), whose random starts each trial of the phase draws.
     """
     rng = random.Random(seed)
-    low, high = realness_range
     if block1_design == COUNTERBALANCED:
         shown = block1_sources(participant_index, block1_conditions)
         groups = {label: [(label, shown[label], sources[shown[label]])] for label, sources in block1_cases}
@@ -119,7 +125,7 @@ def build_plan(
                 "case": label,
                 "source": source,
                 "stimulus": stimulus_id,
-                "slider_start": rng.randint(low, high),
+                **_slider_starts(rng, slider_ranges, "block1"),
             }
         )
         for number, check in enumerate(checks, start=1):
@@ -140,8 +146,10 @@ def build_plan(
         model = model_for(participant_index, position)
         cf_assignment[label] = model
         common = {"block": 2, "trial_index": index, "case": label, "stimulus": real_id, "cf_model": model}
-        plan.append({**common, "phase": "pre"})
-        plan.append({**common, "phase": "post", "cf_stimulus": cf_ids[model]})
+        plan.append({**common, "phase": "pre", **_slider_starts(rng, slider_ranges, "pre")})
+        plan.append(
+            {**common, "phase": "post", "cf_stimulus": cf_ids[model], **_slider_starts(rng, slider_ranges, "post")}
+        )
 
     for sequence, trial in enumerate(plan):
         trial["sequence"] = sequence

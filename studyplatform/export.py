@@ -11,8 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from studycolumns import ANSWER_COLUMNS, PARTICIPANT_COLUMNS
-from studyplatform import questions
+from studycolumns import ANSWER_COLUMNS, PARTICIPANT_COLUMNS, questions
 from studyplatform.models import Participant, Response
 
 FORMULA_PREFIXES = ("=", "+", "-", "@")
@@ -65,14 +64,15 @@ def answer_rows(study, raw_ids=False):
             "phase": response.phase,
             "cf_model": response.cf_model,
             "correct": int(response.diagnosis == true_condition),
-            "slider_start": response.slider_start,
             "answered_at": _timestamp(response.answered_at),
             "block1_design": study.block1_design,
             "simulated": int(participant.simulated),
         }
         asked = {question.name for question in questions.asked_in(response.phase)}
         for question in questions.QUESTIONS:
-            row.update(question.export_cells(getattr(response, question.name), question.name in asked))
+            row.update(
+                question.export_cells(response.answer_to(question), question.name in asked, response.start_of(question))
+            )
         yield row
 
 

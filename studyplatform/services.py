@@ -25,7 +25,8 @@ from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, get_random_string
 
-from studyplatform import counterbalance, images, questions, ratelimit
+from studycolumns import questions
+from studyplatform import counterbalance, images, ratelimit
 from studyplatform.models import AuditLog, Case, Invite, Participant, Response, Stimulus, Study
 from studyplatform.models.study import CONDITIONS
 
@@ -1098,7 +1099,7 @@ def session_plan(study, seed, participant_index):
         block1_design=study.block1_design,
         block1_conditions=_block1_conditions(study),
         block2_cases=_block2_inputs(study),
-        realness_range=(study.realness_min, study.realness_max),
+        slider_ranges=questions.slider_ranges(study),
         attention_checks=study.attention_checks or (),
     )
 
@@ -1379,8 +1380,7 @@ def _record_answer(participant, trial_id, data):
         stimulus_id=stimulus_id,
         cf_stimulus_id=cf_stimulus_id,
         cf_model=trial.get("cf_model", ""),
-        slider_start=trial.get("slider_start"),
-        **clean,
+        **Response.answer_fields(clean, trial),
     )
     insert_row(response)
     now = timezone.now()

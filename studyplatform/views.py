@@ -16,7 +16,8 @@ from django.template.loader import render_to_string
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from studyplatform import images, questions, ratelimit, services
+from studycolumns import questions
+from studyplatform import images, ratelimit, services
 from studyplatform.models import Stimulus, Study
 
 ENTRY_PARAMS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
@@ -245,7 +246,9 @@ def _answer_from_form(post):
     for question in questions.QUESTIONS:
         for name in question.fields:
             if name in post:
-                answer[name] = post.getlist(name) if question.kind == questions.CHECKLIST else post[name]
+                answer[name] = (
+                    post.getlist(name) if question.kind_of.value_type == questions.INTEGER_LIST else post[name]
+                )
     return answer
 
 

@@ -10,6 +10,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from studycolumns import questions
+
 CONDITIONS = ("healthy", "effusion", "pneumonia")
 CONDITION_CHOICES = [("healthy", "healthy"), ("effusion", "pleural effusion"), ("pneumonia", "pneumonia")]
 
@@ -294,6 +296,11 @@ class Response(models.Model):
     reasons = models.JSONField(default=list, help_text="1-based numbers of the ticked reasons")
     confidence = models.PositiveSmallIntegerField(null=True)
     rt_ms = models.PositiveIntegerField()
+    other_answers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="answers to the questions without a column of their own (studycolumns.questions), by name",
+    )
     answered_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -304,6 +311,34 @@ class Response(models.Model):
 
     def __str__(self):
         return f"{self.participant} #{self.sequence} {self.phase}"
+
+    @staticmethod
+    def answer_fields(clean, trial):
+        """The fields of a new Response that store `clean` ({question name: value}, what validation returned for
+        the trial's phase) and the random starts of the trial's sliders: each in its own column where the question
+        has one, the others by name in `other_answers`."""
+        fields, other = {}, {}
+        for question in questions.QUESTIONS:
+            stored = fields if question.own_column else other
+            if question.name in clean:
+                stored[question.name] = clean[question.name]
+            if question.start_field and trial.get(question.start_field) is not None:
+                stored[question.start_field] = trial[question.start_field]
+        return {**fields, "other_answers": other}
+
+    def answer_to(self, question):
+        """The stored answer to `question`; its kind's empty answer where the trial's phase did not ask it."""
+        if question.own_column:
+            return getattr(self, question.name)
+        return self.other_answers.get(question.name, question.empty)
+
+    def start_of(self, question):
+        """Where `question`'s slider started on the trial page (None for other kinds)."""
+        if not question.start_field:
+            return None
+        if question.own_column:
+            return getattr(self, question.start_field)
+        return self.other_answers.get(question.start_field)
 
 
 class AuditLog(models.Model):

@@ -99,7 +99,7 @@ def test_the_paired_plan_is_the_one_the_platform_always_made():
         participant_index=7,
         block1_cases=block1,
         block2_cases=block2,
-        realness_range=(1, 100),
+        slider_ranges={"block1": (("slider_start", (1, 100)),)},
         attention_checks=checks,
     )
     assert [(t.get("case"), t.get("source") or t["phase"], t.get("slider_start")) for t in plan] == [
@@ -127,7 +127,12 @@ def test_the_paired_plan_is_the_one_the_platform_always_made():
 def test_an_unknown_design_is_refused():
     with pytest.raises(ValueError, match="unknown Block-1 design"):
         counterbalance.build_plan(
-            seed=1, participant_index=1, block1_cases=[], block2_cases=[], realness_range=(1, 100), block1_design="x"
+            seed=1,
+            participant_index=1,
+            block1_cases=[],
+            block2_cases=[],
+            slider_ranges={"block1": (("slider_start", (1, 100)),)},
+            block1_design="x",
         )
 
 

@@ -6,6 +6,7 @@ import io
 import pytest
 from django.core.management import call_command
 
+from studycolumns import questions
 from studyplatform import export, services
 from studyplatform.models import Stimulus
 from tests.study.factories import run_whole_session, valid_answer
@@ -30,10 +31,16 @@ def always(diagnosis):
 def test_answers_csv_has_exactly_the_contract_columns_and_values(participant, open_study):
     run_whole_session(participant, answer=always("effusion"))
     text = answers_csv(open_study)
-    assert text.splitlines()[0] == (
+    # The platform's columns are a published contract: they keep their names and places. A question added to the
+    # table later puts its columns between rt_ms and answered_at.
+    built_in = (
         "participant,external_id,block,trial_index,case,image_source,true_condition,phase,cf_model,diagnosis,"
         "correct,realness,slider_start,reasons,n_reasons,confidence,rt_ms,answered_at,block1_design,simulated"
-    )
+    ).split(",")
+    added = [
+        column for question in questions.QUESTIONS if not question.own_column for column in question.export_columns
+    ]
+    assert text.splitlines()[0].split(",") == built_in[:17] + added + built_in[17:]
     rows = read(text)
     assert len(rows) == 9 + 2 + 2
     block1 = [r for r in rows if r["block"] == "1"]

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from studycolumns import ANSWER_COLUMNS
-from studyplatform import export, questions
+from studycolumns import ANSWER_COLUMNS, questions
+from studyplatform import export
 from studyplatform.models import Study
 from tests.study.factories import complete_study, run_whole_session
 
@@ -35,7 +35,8 @@ class TrialForm(HTMLParser):
 
 
 def filled_form(phase, study):
-    """What a participant sends for each question of the phase, built from the table alone."""
+    """What a participant sends for each question of the phase, built from the table alone (a kind not listed here
+    sends its example answer, as a form would: text, or a list of texts)."""
     form = {}
     for question in questions.asked_in(phase):
         value = {
@@ -44,11 +45,15 @@ def filled_form(phase, study):
             questions.SLIDER: lambda q: str(q.bounds_in(study)[0]),
             questions.CHECKLIST: lambda q: ["1", "2"],
             questions.ELAPSED: lambda q: "640",
-        }[question.kind](question)
+        }.get(question.kind, lambda q: _as_form_value(q.kind_of.example(q, study)))(question)
         form[question.name] = value
         if question.moved_field:
             form[question.moved_field] = "1"
     return form
+
+
+def _as_form_value(value):
+    return [str(item) for item in value] if isinstance(value, list) else str(value)
 
 
 def test_every_trial_page_shows_exactly_the_questions_of_its_phase(client, media_root):
@@ -92,14 +97,17 @@ def test_the_answer_schema_is_the_table(admin_client):
     assert set(schema["required"]) == {"trial"} | required
     for question in questions.QUESTIONS:
         described = properties[question.name]
-        if question.kind == questions.CHOICE:
+        value_type = question.kind_of.value_type
+        if question.kind == questions.CHOICE and question.own_column:
             # A choice's values are an enum component (the stored column's choices, shared with other schemas).
             enum = components[described["$ref"].rsplit("/", 1)[-1]]["enum"]
             assert enum == [value for value, _ in question.options_in(Study())]
-        elif question.kind == questions.CHECKLIST:
+        elif value_type == questions.STRING:
+            assert described["type"] == "string"
+        elif value_type == questions.INTEGER_LIST:
             assert described["type"] == "array" and described["items"]["type"] == "integer"
         else:
-            assert question.kind in (questions.SCALE, questions.SLIDER, questions.ELAPSED)
+            assert value_type == questions.INTEGER
             assert described["type"] == "integer"
             low, high = question.bounds
             assert described.get("minimum") == (low if isinstance(low, int) else None)

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from studyplatform import questions, services
+from studycolumns import questions
+from studyplatform import services
 from studyplatform.models import Study
 
 PHASES = tuple(questions.PHASE_QUESTIONS)
@@ -24,7 +25,7 @@ def typical_value(question, shown_in):
         questions.SLIDER: lambda: low,
         questions.CHECKLIST: lambda: [1, len(question.options_in(shown_in))],
         questions.ELAPSED: lambda: 250,
-    }[question.kind]()
+    }.get(question.kind, lambda: question.kind_of.example(question, shown_in))()
 
 
 def full_answer(phase, shown_in):

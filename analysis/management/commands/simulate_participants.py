@@ -16,6 +16,7 @@ from django.test import Client
 from tqdm import tqdm
 
 from analysis.simulate import Profile, answer_block1, answer_block2_final, answer_block2_first, load_profile, new_reader
+from studycolumns import questions
 from studyplatform import services
 from studyplatform.models import Participant, Stimulus, Study
 
@@ -82,6 +83,7 @@ def run_bot(api, slug, external_id, profile, rng):
     token, reader, first_answers, requests_made = step["token"], new_reader(rng, profile), {}, 1
     # Flagged before the first answer, so that even a bot that fails half-way never passes for a real reader.
     services.mark_simulated(Participant.objects.get(token=token))
+    study = Study.objects.get(slug=slug)
     while step["state"] in ("instructions", "trial"):
         if step["state"] == "instructions":
             status, step = api.call("POST", f"/api/participant/{token}/begin/", {"block": step["block"]})
@@ -89,6 +91,7 @@ def run_bot(api, slug, external_id, profile, rng):
             trial = step["trial"]
             shown = what_is_shown(token, trial["id"])
             payload = {"trial": trial["id"], **_answer(rng, profile, reader, trial, shown, first_answers)}
+            payload.update(_other_required_answers(payload, trial["phase"], study))
             status, body = api.call("POST", f"/api/participant/{token}/answers/", payload)
             step = body.get("next", body)
         requests_made += 1
@@ -97,6 +100,17 @@ def run_bot(api, slug, external_id, profile, rng):
     if step["state"] != "complete":
         raise BotFailed(f"{external_id}: session ended as {step['status']}")
     return requests_made
+
+
+def _other_required_answers(payload, phase, study):
+    """A valid answer to each required question of `phase` that the reader model has no behaviour for (one added to
+    the question table after the model was written), so that simulated readers can take any study the table
+    describes; optional ones stay unanswered."""
+    answers = {}
+    for question in questions.asked_in(phase):
+        if question.required and question.name not in payload:
+            answers.update(question.example_answer(study))
+    return answers
 
 
 def _answer(rng, profile, reader, trial, shown, first_answers):

@@ -1,15 +1,21 @@
 """The questions of each phase of a session, declared once as data.
 
-Validation (`services.validate_answer`), the trial form (`views` parses it and `templates/study/questions/<kind>.html`
-renders each question), the participant API's answer schema (`api.AnswerIn`) and the answers export all read this
-table. A question of an existing kind is one entry here, plus storage for its answer (a `Response` column) and its
-export column (`studycolumns.ANSWER_COLUMNS`); a new kind also needs its parser below and its template snippet.
+Everything that asks, checks, stores or exports an answer reads this table: validation
+(`studyplatform.services.validate_answer`), the trial form (`studyplatform.views` parses it and
+`templates/study/questions/<kind>.html` renders each question), the participant API's answer schema
+(`studyplatform.api.AnswerIn`), storage (`studyplatform.models.Response`), the answers export and its column contract
+(`studycolumns.ANSWER_COLUMNS`), and the analysis that reads that contract. A new question of an existing kind is
+one `Question` entry in `QUESTIONS` and `PHASE_QUESTIONS`; a new kind is one `Kind` entry in `KINDS` (how its answer
+is checked, its JSON type and an example answer) plus its template snippet. Its answer is stored by name in
+`Response.other_answers` and exported in its own column(s) after the columns of the questions the platform was
+built with, which keep their typed `Response` columns (`own_column`).
 
-No Django here: a question names the Study attributes that hold its bounds and options, so the same entry serves
-every study's settings.
+No Django here (the package sits below the study app and the analysis): a question names the Study attributes
+that hold its bounds and options, so the same entry serves every study's settings.
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 # The kinds of question a trial can ask.
@@ -27,9 +33,17 @@ MAX_RT_MS = 24 * 3600 * 1000
 MOVED_TEXTS = ("true", "1", "on")
 
 
+# The JSON type of each kind's answer, as a JSON client sends it and as it is stored: the API schema and the form
+# parser read it (a form sends a list as repeated fields).
+STRING = "string"
+INTEGER = "integer"
+INTEGER_LIST = "integer list"
+
+
 @dataclass(frozen=True)
 class Question:
-    """One question: `name` is the answer field (form, API) and the Response column its answer is stored in."""
+    """One question: `name` is the answer field (form, API), the key its answer is stored under and its export
+    column."""
 
     name: str
     kind: str
@@ -43,9 +57,21 @@ class Question:
     anchors: tuple = ()
     # What the page asks for while a required question is unanswered ("Please choose a diagnosis.").
     missing: str = ""
-    # SLIDER: the field that confirms the participant moved it, and the trial's key holding its random start.
+    # SLIDER: the field that confirms the participant moved it, and the trial's key holding its random start (drawn
+    # when the participant's plan is built, stored with the answer and exported beside it).
     moved_field: str = ""
     start_field: str = ""
+    # Export columns that the export computes from the trial rather than from the answer (the diagnosis's
+    # `correct`: 1 where it names the condition of the image shown).
+    derived: tuple = ()
+    # The answer (and a slider's start) has a typed `Response` column of the same name: the questions the platform
+    # was built with, which the admin lists and queries. Any other question's answer is stored by name in
+    # `Response.other_answers`, so adding a question needs no new column and no migration.
+    own_column: bool = False
+
+    @property
+    def kind_of(self):
+        return KINDS[self.kind]
 
     @property
     def fields(self):
@@ -57,9 +83,17 @@ class Question:
         return f"study/questions/{self.kind}.html"
 
     @property
+    def empty(self):
+        """The stored answer where a phase does not ask the question: no numbers for a list, else nothing."""
+        return [] if self.kind_of.value_type == INTEGER_LIST else None
+
+    @property
     def export_columns(self):
-        """The answers-export columns this question fills: a checklist also gives the count of ticked options."""
-        return (self.name, f"n_{self.name}") if self.kind == CHECKLIST else (self.name,)
+        """The answers-export columns this question fills, in order: its answer, the count of a list answer's
+        numbers (`n_<name>`), a slider's start, and the derived columns."""
+        counted = (f"n_{self.name}",) if self.kind_of.value_type == INTEGER_LIST else ()
+        start = (self.start_field,) if self.start_field else ()
+        return (self.name, *counted, *start, *self.derived)
 
     def bounds_in(self, study):
         return tuple(getattr(study, bound) if isinstance(bound, str) else bound for bound in self.bounds)
@@ -77,7 +111,15 @@ class Question:
 
     def clean(self, data, study, errors):
         """The stored value of this question's answer in `data`; a refusal is a message in `errors`."""
-        return CLEANERS[self.kind](self, data, study, errors)
+        return self.kind_of.clean(self, data, study, errors)
+
+    def example_answer(self, study):
+        """A valid answer to this question in `study`, as a JSON client sends it ({field: value}): what simulated
+        readers, load bots and tests send for a question they have no behaviour of their own for."""
+        answer = {self.name: self.kind_of.example(self, study)}
+        if self.moved_field:
+            answer[self.moved_field] = True
+        return answer
 
     def refuse_fields(self, data, phase, errors):
         """A phase that does not ask this question refuses any value sent for it."""
@@ -85,12 +127,32 @@ class Question:
             if data.get(name) not in (None, "", []):
                 errors[name] = f"{name} is not asked in this part of the study ({phase})"
 
-    def export_cells(self, value, asked):
-        """{column: cell} of a stored answer; empty cells where the phase did not ask the question."""
-        if self.kind == CHECKLIST:
-            numbers, count = self.export_columns
-            return {numbers: ";".join(str(number) for number in value), count: len(value) if asked else None}
-        return {self.name: value}
+    def export_cells(self, value, asked, start=None):
+        """{column: cell} of a stored answer (and a slider's start) but the derived columns; empty cells where the
+        phase did not ask the question."""
+        if self.kind_of.value_type == INTEGER_LIST:
+            value = value or []
+            cells = {
+                self.name: ";".join(str(number) for number in value),
+                f"n_{self.name}": len(value) if asked else None,
+            }
+        else:
+            cells = {self.name: value}
+        if self.start_field:
+            cells[self.start_field] = start
+        return cells
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of question needs besides its template snippet: how an answer is checked (`clean(question, data,
+    study, errors)` returns the value to store and puts refusals into `errors`), the JSON type of that value, and
+    `example(question, study)`, a valid answer."""
+
+    name: str
+    clean: Callable
+    value_type: str
+    example: Callable
 
 
 def _whole_number(value, name, low, high, errors, required=True):
@@ -160,16 +222,32 @@ def _clean_checklist(question, data, study, errors):
     return sorted(numbers)
 
 
-CLEANERS = {
-    CHOICE: _clean_choice,
-    SCALE: _clean_number,
-    SLIDER: _clean_slider,
-    CHECKLIST: _clean_checklist,
-    ELAPSED: _clean_number,
+def _middle(question, study):
+    low, high = question.bounds_in(study)
+    return (low + high) // 2
+
+
+KINDS = {
+    kind.name: kind
+    for kind in (
+        Kind(CHOICE, _clean_choice, STRING, lambda question, study: question.options_in(study)[0][0]),
+        Kind(SCALE, _clean_number, INTEGER, _middle),
+        Kind(SLIDER, _clean_slider, INTEGER, _middle),
+        Kind(CHECKLIST, _clean_checklist, INTEGER_LIST, lambda question, study: [1]),
+        Kind(ELAPSED, _clean_number, INTEGER, lambda question, study: 1500),
+    )
 }
 
-DIAGNOSIS = Question("diagnosis", CHOICE, "Your diagnosis", options="diagnosis_choices", missing="choose a diagnosis")
-RESPONSE_TIME = Question("rt_ms", ELAPSED, "Response time in milliseconds", bounds=(0, MAX_RT_MS))
+DIAGNOSIS = Question(
+    "diagnosis",
+    CHOICE,
+    "Your diagnosis",
+    options="diagnosis_choices",
+    missing="choose a diagnosis",
+    derived=("correct",),
+    own_column=True,
+)
+RESPONSE_TIME = Question("rt_ms", ELAPSED, "Response time in milliseconds", bounds=(0, MAX_RT_MS), own_column=True)
 REALNESS = Question(
     "realness",
     SLIDER,
@@ -179,8 +257,11 @@ REALNESS = Question(
     missing="move the realness slider",
     moved_field="slider_moved",
     start_field="slider_start",
+    own_column=True,
 )
-REASONS = Question("reasons", CHECKLIST, "Reasons the image may be synthetic", required=False, options="reasons")
+REASONS = Question(
+    "reasons", CHECKLIST, "Reasons the image may be synthetic", required=False, options="reasons", own_column=True
+)
 CONFIDENCE = Question(
     "confidence",
     SCALE,
@@ -188,9 +269,11 @@ CONFIDENCE = Question(
     bounds=("confidence_min", "confidence_max"),
     anchors=("not confident at all", "very confident"),
     missing="choose your confidence",
+    own_column=True,
 )
 
-# Every question, in the order of its stored answer and its export columns.
+# Every question, in the order of its export columns (a new question goes at the end, so that the columns of
+# existing exports keep their places).
 QUESTIONS = (DIAGNOSIS, REALNESS, REASONS, CONFIDENCE, RESPONSE_TIME)
 # Each phase's questions in the order the page shows them (the response time is a hidden field, measured).
 PHASE_QUESTIONS = {
@@ -221,3 +304,12 @@ def clean_answer(study, phase, data, errors):
         if question.name not in clean:
             question.refuse_fields(data, phase, errors)
     return clean
+
+
+def slider_ranges(study):
+    """{phase: ((start field, (lowest, highest)), ...)}: the random start that a participant's plan draws for each
+    slider of each phase, within the slider's bounds in `study`."""
+    return {
+        phase: tuple((q.start_field, q.bounds_in(study)) for q in asked if q.start_field)
+        for phase, asked in PHASE_QUESTIONS.items()
+    }
