@@ -18,6 +18,7 @@ sheet is written next to the checkpoints.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -124,8 +126,31 @@ def score(model, scm, test, classifier, resolution, per_case=300):
             "true_mean_abs_change": (true_cf - x).abs().mean().item(),
             "classifier_agreement": (classifier(x_cf).argmax(-1) == target).float().mean().item(),
         }
+        if target == 0:
+            entry.update(texture_split(x_cf, x, true_cf, region))
         results[name] = entry
     return results
+
+
+def texture_split(x_cf, x, true_cf, region, sigma=1.5):
+    """A removal's error to the true counterfactual inside the change region, split into a low-pass part (Gaussian
+    blur, `sigma` pixels) and the high-pass rest (the lesion's fine texture that a smooth lesion map cannot take off),
+    with the in-region ratio the low-pass error alone would give."""
+    region = region.float()
+
+    def in_region(t):
+        return ((t.abs() * region).sum() / region.sum().clamp(min=1)).item()
+
+    def low(t):
+        return gaussian_blur(t, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
+
+    error, no_change = x_cf - true_cf, x - true_cf
+    return {
+        "in_region_error_low_pass": in_region(low(error)),
+        "in_region_error_high_pass": in_region(error - low(error)),
+        "in_region_no_change_high_pass": in_region(no_change - low(no_change)),
+        "in_region_ratio_if_texture_exact": in_region(low(error)) / max(in_region(no_change), 1e-12),
+    }
 
 
 def headline(results):
@@ -141,6 +166,9 @@ def headline(results):
     return {
         "removal_l1_ratio": float(ratio),
         "removal_l1_ratio_in_region": float(ratio_region),
+        "removal_l1_ratio_in_region_if_texture_exact": float(
+            np.mean([r["in_region_ratio_if_texture_exact"] for r in removals])
+        ),
         "min_localisation": float(min(r["localisation"] for r in results.values())),
         "localisation": {k: round(v["localisation"], 3) for k, v in results.items()},
         "agreement": {k: round(float(v), 3) for k, v in agreement.items()},

@@ -432,8 +432,10 @@ def _stop_requested(signum, frame):
 
 
 def _start(command):
-    # Each child leads its own process group, so that stopping it also reaches its own children (Celery's pool).
-    return subprocess.Popen(command, start_new_session=True)
+    """Start a child that leads its own process group, so that stopping it also reaches its own children (Celery's
+    pool), and that gets SIGTERM should the demo die without stopping it (`studyplatform.childguard`)."""
+    guarded = [sys.executable, "-m", "studyplatform.childguard", str(os.getpid()), *command]
+    return subprocess.Popen(guarded, start_new_session=True)
 
 
 def ensure_port_free(host, port):
