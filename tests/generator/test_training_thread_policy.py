@@ -24,6 +24,28 @@ def test_the_cores_this_process_keeps_busy_are_not_counted_as_other_work(monkeyp
     assert trainer.busy_cores_of_others(1.0, stat=str(stat)) == pytest.approx(1.0)
 
 
+def test_more_busy_ticks_than_the_interval_holds_count_as_every_core_busy(tmp_path, monkeypatch):
+    """Tick rounding over a short interval on a full machine can count more busy time than the cores had."""
+    stat = tmp_path / "stat"
+    ticks = iter([0, 1000])  # 10 s of busy CPU time (at 100 ticks per second) within one second
+
+    def one_second_passes(_):
+        clock["wall"] += 1.0
+
+    def write_next(*_):
+        busy = next(ticks)
+        stat.write_text(f"cpu  {busy} 0 0 5000 0 0 0 0 0 0\n")
+
+    clock = {"wall": 0.0}
+    write_next()
+    monkeypatch.setattr(trainer.time, "sleep", lambda seconds: (one_second_passes(seconds), write_next()))
+    monkeypatch.setattr(trainer.time, "process_time", lambda: 0.0)
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(trainer.os, "sysconf", lambda name: 100)
+    assert trainer.busy_cores_of_others(1.0, stat=str(stat)) == 2.0
+
+
 def test_the_kernel_counters_of_this_machine_can_be_read():
     others = trainer.busy_cores_of_others(0.05)
     if others is None:
