@@ -88,12 +88,16 @@ class Question:
         return [] if self.kind_of.value_type == INTEGER_LIST else None
 
     @property
+    def count_column(self):
+        """The export column counting a list answer's numbers (`n_<name>`); "" for other answers."""
+        return f"n_{self.name}" if self.kind_of.value_type == INTEGER_LIST else ""
+
+    @property
     def export_columns(self):
         """The answers-export columns this question fills, in order: its answer, the count of a list answer's
-        numbers (`n_<name>`), a slider's start, and the derived columns."""
-        counted = (f"n_{self.name}",) if self.kind_of.value_type == INTEGER_LIST else ()
-        start = (self.start_field,) if self.start_field else ()
-        return (self.name, *counted, *start, *self.derived)
+        numbers, a slider's start, and the derived columns."""
+        optional = (self.count_column, self.start_field)
+        return (self.name, *(column for column in optional if column), *self.derived)
 
     def bounds_in(self, study):
         return tuple(getattr(study, bound) if isinstance(bound, str) else bound for bound in self.bounds)
@@ -130,11 +134,11 @@ class Question:
     def export_cells(self, value, asked, start=None):
         """{column: cell} of a stored answer (and a slider's start) but the derived columns; empty cells where the
         phase did not ask the question."""
-        if self.kind_of.value_type == INTEGER_LIST:
+        if self.count_column:
             value = value or []
             cells = {
                 self.name: ";".join(str(number) for number in value),
-                f"n_{self.name}": len(value) if asked else None,
+                self.count_column: len(value) if asked else None,
             }
         else:
             cells = {self.name: value}
@@ -304,6 +308,16 @@ def clean_answer(study, phase, data, errors):
         if question.name not in clean:
             question.refuse_fields(data, phase, errors)
     return clean
+
+
+def with_required_examples(answer, phase, study):
+    """`answer` plus the example answer to each required question of `phase` that it leaves out: how a client with
+    behaviour for some questions only (simulated readers, test helpers) answers a question added to the table after
+    it was written."""
+    for question in asked_in(phase):
+        if question.required and not set(question.fields) & set(answer):
+            answer = {**answer, **question.example_answer(study)}
+    return answer
 
 
 def slider_ranges(study):

@@ -326,19 +326,17 @@ class Response(models.Model):
                 stored[question.start_field] = trial[question.start_field]
         return {**fields, "other_answers": other}
 
+    def _stored(self, question, name, default=None):
+        """The value stored under `name` for `question`: its own column, or its key in `other_answers`."""
+        return getattr(self, name) if question.own_column else self.other_answers.get(name, default)
+
     def answer_to(self, question):
         """The stored answer to `question`; its kind's empty answer where the trial's phase did not ask it."""
-        if question.own_column:
-            return getattr(self, question.name)
-        return self.other_answers.get(question.name, question.empty)
+        return self._stored(question, question.name, question.empty)
 
     def start_of(self, question):
         """Where `question`'s slider started on the trial page (None for other kinds)."""
-        if not question.start_field:
-            return None
-        if question.own_column:
-            return getattr(self, question.start_field)
-        return self.other_answers.get(question.start_field)
+        return self._stored(question, question.start_field) if question.start_field else None
 
 
 class AuditLog(models.Model):

@@ -130,13 +130,16 @@ def valid_answer(trial, diagnosis="healthy", realness=70, confidence=4, reasons=
     return answer
 
 
-def with_required(answer, step, study):
-    """`answer` and the table's example answer to each required question of the trial's phase that it leaves out
-    (a question added to the table after the test was written)."""
-    for question in questions.asked_in(step["trial"]["phase"]):
-        if question.required and not set(question.fields) & set(answer):
-            answer = {**answer, **question.example_answer(study)}
-    return answer
+def api_first_trial(client, study, prolific_pid):
+    """Start a session of `study` through the participant JSON API and begin Block 1: (token, its first trial)."""
+    step = client.post(
+        "/api/participant/sessions/",
+        {"study": study.slug, "consent": True, "prolific_pid": prolific_pid},
+        content_type="application/json",
+    ).json()
+    token = step["token"]
+    step = client.post(f"/api/participant/{token}/begin/", {"block": 1}, content_type="application/json").json()
+    return token, step["trial"]
 
 
 def run_whole_session(participant, answer=valid_answer):
@@ -148,7 +151,9 @@ def run_whole_session(participant, answer=valid_answer):
         if step["state"] == "instructions":
             services.begin_block(participant, step["block"])
         elif step["state"] == "trial":
-            services.submit_answer(participant, step["trial"]["id"], with_required(answer(step["trial"]), step, study))
+            # a required question added to the table after the test was written gets its example answer
+            sent = questions.with_required_examples(answer(step["trial"]), step["trial"]["phase"], study)
+            services.submit_answer(participant, step["trial"]["id"], sent)
         else:
             return participant
         participant.refresh_from_db()

@@ -17,7 +17,7 @@ from analysis import frames
 from studycolumns import ANSWER_COLUMNS, questions
 from studyplatform import export
 from studyplatform.models import Participant, Response
-from tests.study.factories import run_whole_session
+from tests.study.factories import api_first_trial, run_whole_session
 
 ADDED = [question for question in questions.QUESTIONS if not question.own_column]
 if not ADDED:
@@ -75,14 +75,7 @@ def test_added_answers_are_stored_exported_and_read_by_the_analysis(participant,
 
 
 def test_the_api_takes_and_refuses_added_answers(client, open_study):
-    step = client.post(
-        "/api/participant/sessions/",
-        {"study": open_study.slug, "consent": True, "prolific_pid": "probe-reader"},
-        content_type="application/json",
-    ).json()
-    token = step["token"]
-    step = client.post(f"/api/participant/{token}/begin/", {"block": 1}, content_type="application/json").json()
-    trial = step["trial"]
+    token, trial = api_first_trial(client, open_study, "probe-reader")
     answer = example_answer(trial, open_study)
     for question in ADDED:
         if question in questions.asked_in(trial["phase"]):

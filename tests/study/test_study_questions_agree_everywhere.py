@@ -11,7 +11,7 @@ import pytest
 from studycolumns import ANSWER_COLUMNS, questions
 from studyplatform import export
 from studyplatform.models import Study
-from tests.study.factories import complete_study, run_whole_session
+from tests.study.factories import api_first_trial, complete_study, run_whole_session
 
 pytestmark = pytest.mark.django_db
 
@@ -117,14 +117,7 @@ def test_the_answer_schema_is_the_table(admin_client):
 
 
 def test_the_api_answer_holds_every_stored_question(client, open_study):
-    step = client.post(
-        "/api/participant/sessions/",
-        {"study": open_study.slug, "consent": True, "prolific_pid": "tablereader02"},
-        content_type="application/json",
-    ).json()
-    token = step["token"]
-    step = client.post(f"/api/participant/{token}/begin/", {"block": 1}, content_type="application/json").json()
-    trial = step["trial"]
+    token, trial = api_first_trial(client, open_study, "tablereader02")
     answer = {**filled_form("block1", open_study), "slider_moved": True}
     reply = client.post(
         f"/api/participant/{token}/answers/", {"trial": trial["id"], **answer}, content_type="application/json"

@@ -91,7 +91,8 @@ def run_bot(api, slug, external_id, profile, rng):
             trial = step["trial"]
             shown = what_is_shown(token, trial["id"])
             payload = {"trial": trial["id"], **_answer(rng, profile, reader, trial, shown, first_answers)}
-            payload.update(_other_required_answers(payload, trial["phase"], study))
+            # a required question the reader model has no behaviour for gets the table's example answer
+            payload = questions.with_required_examples(payload, trial["phase"], study)
             status, body = api.call("POST", f"/api/participant/{token}/answers/", payload)
             step = body.get("next", body)
         requests_made += 1
@@ -100,17 +101,6 @@ def run_bot(api, slug, external_id, profile, rng):
     if step["state"] != "complete":
         raise BotFailed(f"{external_id}: session ended as {step['status']}")
     return requests_made
-
-
-def _other_required_answers(payload, phase, study):
-    """A valid answer to each required question of `phase` that the reader model has no behaviour for (one added to
-    the question table after the model was written), so that simulated readers can take any study the table
-    describes; optional ones stay unanswered."""
-    answers = {}
-    for question in questions.asked_in(phase):
-        if question.required and question.name not in payload:
-            answers.update(question.example_answer(study))
-    return answers
 
 
 def _answer(rng, profile, reader, trial, shown, first_answers):
