@@ -3,10 +3,13 @@ the project where the table has two more questions (an existing kind and a new k
 the new kind's template snippet. Not collected by the normal run (the name does not start with test_): in the
 project itself the table has no added question.
 
-An added question is one whose answer has no `Response` column of its own (`own_column` is False)."""
+An added question is one whose answer has no `Response` column of its own (`own_column` is False). The browser
+test (marked `browser`) answers, in headless Chromium, an added required question of a kind that `static/study.js`
+has no rule for."""
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,10 @@ from django.core.management import call_command
 import studycolumns
 from analysis import frames
 from studycolumns import ANSWER_COLUMNS, questions
-from studyplatform import export
+from studyplatform import export, services
 from studyplatform.models import Participant, Response
-from tests.study.factories import api_first_trial, run_whole_session
+from tests.study.factories import api_first_trial, complete_study, run_whole_session
+from tests.study.test_browser_session import CHROMEDRIVER, CHROMIUM, PID, Browser, page_is_gone
 
 ADDED = [question for question in questions.QUESTIONS if not question.own_column]
 if not ADDED:
@@ -108,3 +112,80 @@ def test_simulated_readers_answer_a_required_added_question(open_study):
     tidy = frames.tidy_answers(frames._read_csv(io.StringIO(answers_csv(open_study)), "answers"))
     for question in required:
         assert (tidy.loc[tidy["phase"].isin(questions.phases_asking(question.name)), question.name] != "").all()
+
+
+# The kinds of the questions the platform was built with; study.js has a rule for each that needs one.
+BUILT_IN_KINDS = {question.kind for question in questions.QUESTIONS if question.own_column}
+STUDY_JS = Path("static/study.js")
+
+
+def answer_up_to(participant, phase):
+    """Answer the session through the services, with the table's example answers, until its next trial is the first
+    one of `phase`."""
+    study = participant.study
+    while True:
+        participant.refresh_from_db()
+        step = services.next_step(participant)
+        if step["state"] == "instructions":
+            services.begin_block(participant, step["block"])
+            continue
+        assert step["state"] == "trial", step["state"]
+        if step["trial"]["phase"] == phase:
+            return
+        services.submit_answer(participant, step["trial"]["id"], example_answer(step["trial"], study))
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(), reason="needs /usr/bin/chromium")
+def test_the_page_holds_a_question_of_a_kind_without_a_rule_until_it_holds_text(live_server, media_root):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    new = [question for question in ADDED if question.required and question.kind not in BUILT_IN_KINDS]
+    assert new, "the copy adds a required question of a new kind"
+    question = new[0]
+    # The script has no rule of its own for the kind: what is checked below is its rule for any other kind.
+    assert not re.search(rf"""["']?\b{question.kind}["']?\s*:\s*function""", STUDY_JS.read_text())
+    phase = questions.phases_asking(question.name)[0]
+    study = complete_study()
+    text = "The left costophrenic angle is blunted."
+
+    browser = Browser()
+    try:
+        driver = browser.driver
+        driver.get(f"{live_server.url}/s/{study.slug}/?PROLIFIC_PID={PID}&STUDY_ID=&SESSION_ID=S-text")
+        browser.click_and_wait(driver.find_element(By.CSS_SELECTOR, "button[value=accept]"))
+        participant = Participant.objects.get(study=study)
+        answer_up_to(participant, phase)
+        driver.get(f"{live_server.url}/s/{study.slug}/run/")
+        assert browser.page_kind() == phase
+        fieldset = driver.find_element(By.CSS_SELECTOR, f"fieldset[data-kind={question.kind}]")
+        assert fieldset.get_attribute("data-missing") == question.missing
+        field = fieldset.find_element(By.NAME, question.name)
+        # Every other question of the page gets its answer, the way a participant gives it.
+        for other in questions.asked_in(phase):
+            if other is not question and other.kind in (questions.CHOICE, questions.SCALE):
+                driver.find_element(By.CSS_SELECTOR, f"input[name={other.name}]").send_keys(Keys.SPACE)
+            else:
+                assert other is question or other.kind == questions.ELAPSED or not other.required, other.name
+        hint, submit = driver.find_element(By.ID, "submit-hint"), driver.find_element(By.ID, "submit-answer")
+        page = driver.find_element(By.TAG_NAME, "html")
+
+        # Unanswered, then only white space: the page does not send the answer and asks for the text.
+        for typed in ("", "   "):
+            field.send_keys(typed)
+            submit.click()
+            assert not page_is_gone(page), f"the page sent an answer without the {question.name} ({typed!r})"
+            assert hint.text == f"Please {question.missing}.", typed
+        assert not Response.objects.filter(participant=participant, phase=phase).exists()
+
+        # Text typed: the hint shown before is gone as the participant types, and the answer goes through.
+        field.send_keys(text)
+        assert hint.text == ""
+        browser.click_and_wait(submit)
+        assert driver.execute_script("return document.querySelector('div.errors') === null")
+    finally:
+        browser.quit()
+    stored = Response.objects.get(participant=participant, phase=phase)
+    assert stored.answer_to(question) == text  # the white space typed first is trimmed by the checker

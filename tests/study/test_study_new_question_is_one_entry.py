@@ -1,11 +1,13 @@
 """A new question is one entry in the question table, and a new kind of question one more entry plus its template
 snippet: nothing else in the project changes, no migration, and the question is asked, checked, stored, returned by
-the API, exported and read by the analysis.
+the API, exported and read by the analysis, and the trial page's script treats the new kind right.
 
 The test copies the project, adds to the copy's `studycolumns/questions.py` a required 1-5 "difficulty" scale to
-Block 1 (an existing kind) and an optional free-text "comment" to the final Block-2 decision (a new kind, `text`,
+Block 1 (an existing kind) and a required free-text "comment" to the final Block-2 decision (a new kind, `text`,
 with its snippet `templates/study/questions/text.html`), checks that these two files are the only ones that differ,
-and runs there the table-driven tests of the questions and `probe_added_questions.py`."""
+and runs there the table-driven tests of the questions and `probe_added_questions.py`. Its browser part runs in the
+same copy and answers the comment in headless Chromium: `static/study.js` has no rule for `text`, so its general
+rule (answered once an input holds text) must hold the page until the comment is written."""
 
 import filecmp
 import os
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.study.test_browser_session import CHROMEDRIVER, CHROMIUM
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +48,8 @@ ADDITIONS = (
         "# Every question, in the order of its export columns",
         'DIFFICULTY = Question("difficulty", SCALE, "How hard was this image to judge?", bounds=(1, 5), '
         'anchors=("easy", "very hard"), missing="rate how hard the image was to judge")\n'
-        'COMMENT = Question("comment", "text", "Anything else you noticed? (optional)", required=False)\n\n',
+        'COMMENT = Question("comment", "text", "In a few words, what decided your final diagnosis?", '
+        'missing="say in a few words what decided your final diagnosis")\n\n',
     ),
 )
 # Where the two questions are asked: (the table's line, the line with them added).
@@ -93,10 +98,14 @@ def add_questions(table):
     return table
 
 
-def test_a_new_question_and_a_new_kind_touch_only_the_table_and_the_snippet(tmp_path):
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory):
+    """The project copied, with the two questions added to its table and the new kind's snippet: (its root, the
+    project files that differ from the original)."""
     if not (ROOT / ".git").exists():
         pytest.skip("needs the project's git checkout to list its files")
-    copy = tmp_path / "project"
+    base = tmp_path_factory.mktemp("one-entry")
+    copy = base / "project"
     files = project_files()
     for name in files:
         target = copy / name
@@ -105,22 +114,17 @@ def test_a_new_question_and_a_new_kind_touch_only_the_table_and_the_snippet(tmp_
     table = copy / TABLE
     table.write_text(add_questions(table.read_text()))
     (copy / SNIPPET_PATH).write_text(SNIPPET)
-
     changed = {name for name in files if not filecmp.cmp(ROOT / name, copy / name, shallow=False)}
     added = {name for name in (SNIPPET_PATH,) if not (ROOT / name).exists()}
-    assert changed | added == {TABLE, SNIPPET_PATH}
+    return copy, changed | added
 
+
+def run_tests(copy, *args):
+    """Pytest's report of `args` run inside the copy, on its own SQLite database; fails unless everything passed."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "CELERY_", "CACHE_"))}
-    env.update(VAR_DIR=str(tmp_path / "var"), PYTHONDONTWRITEBYTECODE="1")
-    tests = [
-        "tests/study/probe_added_questions.py",
-        "tests/study/test_study_questions_agree_everywhere.py",
-        "tests/study/test_study_questions_drive_validation.py",
-        "tests/study/test_block1_counterbalanced_design.py",
-        "tests/study/test_export_columns.py",
-    ]
+    env.update(VAR_DIR=str(copy.parent / "var"), PYTHONDONTWRITEBYTECODE="1")
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
         cwd=copy,
         env=env,
         capture_output=True,
@@ -131,3 +135,27 @@ def test_a_new_question_and_a_new_kind_touch_only_the_table_and_the_snippet(tmp_
     print(report)
     assert run.returncode == 0, report
     assert " passed" in report and "skipped" not in report.rsplit("\n", 2)[-2], report
+    return report
+
+
+def test_a_new_question_and_a_new_kind_touch_only_the_table_and_the_snippet(copy):
+    root, changed = copy
+    assert changed == {TABLE, SNIPPET_PATH}
+    tests = [
+        "tests/study/probe_added_questions.py",
+        "tests/study/test_study_questions_agree_everywhere.py",
+        "tests/study/test_study_questions_drive_validation.py",
+        "tests/study/test_block1_counterbalanced_design.py",
+        "tests/study/test_export_columns.py",
+    ]
+    # The probe's browser part is the test below (marked `browser`, like every test that needs Chromium).
+    run_tests(root, "-m", "not browser", *tests)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(), reason="needs /usr/bin/chromium")
+def test_the_trial_page_holds_the_new_kind_until_it_is_answered(copy):
+    root, changed = copy
+    assert changed == {TABLE, SNIPPET_PATH}
+    report = run_tests(root, "-m", "browser", "tests/study/probe_added_questions.py")
+    assert "1 passed" in report, report
