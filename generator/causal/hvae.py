@@ -280,6 +280,7 @@ class ConditionalHVAE(nn.Module):
         self.lesion_scale = bool(preset.lesion_scale) and self.lesion_support
         self.lesion_composite = preset.lesion_blend == "composite" and self.lesion_support
         self.lesion_free_bits = float(preset.lesion_free_bits)
+        self.lesion_kl_weight = float(preset.lesion_kl_weight)
         self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
         self.lesion_detached = bool(preset.lesion_detached) and has_lesion
         self.lesion_reads = preset.lesion_reads
@@ -550,9 +551,10 @@ class ConditionalHVAE(nn.Module):
     def elbo(self, x, pa, generator=None):
         """Negative ELBO in nats per pixel (the free energy F_FE), with its parts and the sampled latents.
 
-        `objective` is what training minimises: the free energy, except that with `lesion_free_bits` the lesion
-        code's KL counts as at least that many nats on a diseased image (so the code is used, not ignored), and with
-        `lesion_sparsity` the mean absolute lesion map is added (the smallest lesion layer that explains the image).
+        `objective` is what training minimises: the free energy, except that the lesion code's KL is weighted by
+        `lesion_kl_weight`, with `lesion_free_bits` it counts as at least that many nats on a diseased image (so the
+        code is used, not ignored), and with `lesion_sparsity` the mean absolute lesion map is added (the smallest
+        lesion layer that explains the image).
         """
         decoded = self.decode(pa, self.encode(x), sample=True, generator=generator)
         mean, log_sigma, latents, kls = (decoded[k] for k in ("mean", "log_sigma", "latents", "kls"))
@@ -561,10 +563,14 @@ class ConditionalHVAE(nn.Module):
         lesion_kl = decoded["lesion_kl"]
         kl = (sum(k.flatten(1).sum(1) for k in kls) + lesion_kl) / dims
         objective = nll + kl
+        counted = lesion_kl  # the lesion code's KL as training counts it
         if self.lesion_latent_dim and self.lesion_free_bits > 0:
             present = (pa[self.lesion_node] != 0).to(lesion_kl.dtype)
             floor = (lesion_kl.clamp(min=self.lesion_free_bits) - lesion_kl) * present
             objective = objective + floor / dims
+            counted = counted + floor
+        if self.lesion_kl_weight != 1.0:
+            objective = objective + (self.lesion_kl_weight - 1.0) * counted / dims
         if self.lesion_sparsity > 0 and decoded["lesion"] is not None:
             # the likelihood sees only anatomy + lesion, so it cannot tell a faint veil drawn by the branch from the
             # same veil drawn by the trunk; the smaller lesion layer wins the tie
@@ -581,6 +587,7 @@ class ConditionalHVAE(nn.Module):
             "latents": latents,
             "abduction": abduction,
             "anatomy": decoded["anatomy"],
+            "anatomy_log_sigma": decoded["anatomy_log_sigma"],
             "lesion": decoded["lesion"],
         }
 

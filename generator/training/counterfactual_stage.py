@@ -96,15 +96,16 @@ class AnatomyCritic(OptionalCritic):
         active = preset.lesion_blocks and preset.anatomy_weight > 0
         super().__init__(active, lambda: AnatomyAdversary(preset, graph), preset, device)
 
-    def confusion(self, anatomy, pa):
+    def confusion(self, out, pa):
+        """`out`: the HVAE's ELBO output for the batch."""
         if not self.active:
-            return torch.zeros((), device=anatomy.device)
-        return self.net.confusion(anatomy, pa)
+            return torch.zeros((), device=out["anatomy"].device)
+        return self.net.confusion(self.net.trunk_image(out), pa)
 
-    def train_step(self, anatomy, pa):
+    def train_step(self, out, pa):
         if not self.active:
             return 0.0
-        return self.fit(lambda: self.net.loss(anatomy.detach(), pa))
+        return self.fit(lambda: self.net.loss(self.net.trunk_image(out).detach(), pa))
 
 
 class AddedLesionCritic(OptionalCritic):
@@ -274,7 +275,7 @@ class CounterfactualTask(StageTask):
         gap = free_energy - self.constraint
         multiplier = (self.lagrange + preset.lagrange_damping * gap.detach()).clamp(min=0.0)
         confusion = self.adversary.confusion(out["latents"], pa)
-        anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
+        anatomy_confusion = self.anatomy.confusion(out, pa)
         realism = self.lesion_critic.realism(out["lesion"], pa, lesion_cf, pa_cf)
         effect_size = cf.effect.abs().mean()
         loss = (
@@ -298,7 +299,7 @@ class CounterfactualTask(StageTask):
         adversary_loss.backward()
         self.adversary_optimizer.step()
         self.adversary_optimizer.zero_grad(set_to_none=True)
-        self.anatomy.train_step(out["anatomy"], pa)
+        self.anatomy.train_step(out, pa)
         critic_loss = self.lesion_critic.train_step(out["lesion"], pa, lesion_cf, pa_cf)
 
         self.lagrange = (self.lagrange + preset.lagrange_lr * gap.detach().cpu()).clamp(min=0.0)

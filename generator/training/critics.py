@@ -71,11 +71,19 @@ class AnatomyAdversary(nn.Module):
         super().__init__()
         self.node = preset.lesion_node
         self.cardinality = graph[self.node].cardinality
-        layers, channels = [], 1
+        self.reads_scale = bool(preset.anatomy_reads_scale)
+        layers, channels = [], 2 if self.reads_scale else 1
         for multiplier in (1, 2, 4):
             layers += [nn.Conv2d(channels, width * multiplier, 3, stride=2, padding=1), nn.GELU()]
             channels = width * multiplier
         self.net = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, self.cardinality))
+
+    def trunk_image(self, out):
+        """What the adversary reads of an ELBO output: the trunk's pixel mean, and its log-sigma when the preset says
+        `anatomy_reads_scale`."""
+        if self.reads_scale:
+            return torch.cat([out["anatomy"], out["anatomy_log_sigma"]], dim=1)
+        return out["anatomy"]
 
     def forward(self, anatomy):
         return self.net(anatomy)

@@ -261,7 +261,7 @@ class HVAETask(StageTask):
         out = self.hvae.elbo(x, pa)
         free_energy = out["free_energy"].mean()
         confusion = self.adversary.confusion(out["latents"], pa)
-        anatomy_confusion = self.anatomy.confusion(out["anatomy"], pa)
+        anatomy_confusion = self.anatomy.confusion(out, pa)
         added = self.prior_additions(out, pa)
         realism = self.added_lesions.realism(out["lesion"], pa, *added) if added else torch.zeros((), device=x.device)
         (
@@ -277,7 +277,7 @@ class HVAETask(StageTask):
         adversary_loss.backward()
         self.adversary_optimizer.step()
         self.adversary_optimizer.zero_grad(set_to_none=True)
-        anatomy_adversary_loss = self.anatomy.train_step(out["anatomy"], pa)
+        anatomy_adversary_loss = self.anatomy.train_step(out, pa)
         critic_loss = self.added_lesions.train_step(out["lesion"], pa, *added) if added else 0.0
         if applied:
             self.ema.update(self.hvae)

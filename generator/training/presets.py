@@ -68,6 +68,10 @@ class Preset:
     # with a lesion latent: the KL of a diseased image's lesion code counts as at least this many nats in training
     # (free bits), so the code is used instead of collapsing to the prior
     lesion_free_bits: float = 0.0
+    # with a lesion latent: weight of the lesion code's KL in the training objective (1 = the ELBO). Below 1 the code
+    # is cheaper than the pixel residual for what it can hold (a consolidation's mottling, which otherwise stays in
+    # the residual and survives a removal); the reported free energy always counts the KL in full
+    lesion_kl_weight: float = 1.0
     # with a lesion branch: weight of mean|lesion map| in the ELBO stage's objective (nats per pixel per unit of map).
     # The likelihood only sees anatomy + lesion and cannot tell a veil over the whole lung drawn by the branch from
     # the same veil drawn by the trunk; this breaks the tie towards the smallest lesion layer
@@ -120,6 +124,10 @@ class Preset:
     # and with it every removal, where it was while the stage learns what to add (0 = off; the free-energy constraint
     # alone then holds it)
     cf_removal_anchor: float = 0.0
+    # with the anatomy adversary: it also reads the trunk's pixel log-sigma. Otherwise the trunk may tell the disease
+    # by its pixel scale (a wider distribution where a lesion's texture is), which keeps the texture in the residual,
+    # and a removal, which changes only the mean, leaves it in place
+    anatomy_reads_scale: bool = False
     # with `cf_interventions="additions"`: the judge's probability of the added disease beyond which an addition earns
     # nothing more (0 = off, the plain log-likelihood); the minimal-change penalty then pulls the addition back to the
     # least change that convinces the judge. At 0.95 on three phantom seeds it changed nothing measurable: the
@@ -153,6 +161,8 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: resolutions, widths and blocks must have the same length")
         if self.resolutions[0] != 1 or self.resolutions[-1] != self.resolution:
             raise ValueError(f"preset {self.name!r}: resolutions must run from 1 to {self.resolution}")
+        if self.lesion_kl_weight <= 0:
+            raise ValueError(f"preset {self.name!r}: lesion_kl_weight must be positive")
         if self.lesion_reads not in ("features", "anatomy"):
             raise ValueError(f"preset {self.name!r}: lesion_reads must be 'features' or 'anatomy'")
         if self.lesion_scale and not self.lesion_support:

@@ -89,19 +89,55 @@ def test_the_anatomy_penalty_reaches_the_trunk_and_never_the_lesion_branch():
     critic = AnatomyCritic(preset, MIMIC_GRAPH, "cpu")
     disease = [0, 1, 2, 1, 2, 0]
     out = hvae.elbo(blob_images(disease), parents(disease))
-    critic.confusion(out["anatomy"], parents(disease)).backward()
+    critic.confusion(out, parents(disease)).backward()
     trunk = [p.grad for n, p in hvae.named_parameters() if n.startswith("output.")]
     branch = [p.grad for n, p in hvae.named_parameters() if n.startswith("lesion_")]
     assert any(g is not None and g.abs().max() > 0 for g in trunk)
     assert all(g is None or g.abs().max() == 0 for g in branch)
 
 
+def fit_adversary(adversary, out, pa, steps=60):
+    optimizer = torch.optim.Adam(adversary.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = adversary.loss(adversary.trunk_image(out), pa)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return adversary.loss(adversary.trunk_image(out), pa).item()
+
+
+def test_with_anatomy_reads_scale_the_adversary_reads_a_disease_told_by_the_trunks_pixel_scale_alone():
+    disease = [0, 1, 2] * 8
+    pa = parents(disease)
+    # a trunk whose mean is the same for every image but whose pixel scale is wider where the lesion is
+    out = {"anatomy": torch.zeros(len(disease), 1, 32, 32), "anatomy_log_sigma": blob_images(disease) - 3.0}
+    torch.manual_seed(0)
+    blind = AnatomyAdversary(lesion_preset(), MIMIC_GRAPH)
+    torch.manual_seed(0)
+    reading = AnatomyAdversary(lesion_preset(anatomy_reads_scale=True), MIMIC_GRAPH)
+    assert blind.trunk_image(out).shape[1] == 1 and reading.trunk_image(out).shape[1] == 2
+    assert fit_adversary(blind, out, pa) > 0.9  # the mean alone tells nothing: the marginal is log 3 = 1.10
+    assert fit_adversary(reading, out, pa) < 0.2
+
+
+def test_with_anatomy_reads_scale_the_penalty_reaches_the_trunks_pixel_scale():
+    torch.manual_seed(0)
+    preset = lesion_preset(anatomy_reads_scale=True)
+    hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
+    disease = [0, 1, 2, 1, 2, 0]
+    out = hvae.elbo(blob_images(disease), parents(disease))
+    log_sigma = out["anatomy_log_sigma"]
+    log_sigma.retain_grad()
+    AnatomyCritic(preset, MIMIC_GRAPH, "cpu").confusion(out, parents(disease)).backward()
+    assert log_sigma.grad is not None and log_sigma.grad.abs().max() > 0
+
+
 def test_without_a_lesion_branch_or_with_weight_zero_the_critic_does_nothing():
     for preset in (tiny_preset(), lesion_preset(weight=0.0)):
         critic = AnatomyCritic(preset, MIMIC_GRAPH, "cpu")
-        anatomy = torch.randn(3, 1, 32, 32, requires_grad=True)
-        assert critic.confusion(anatomy, parents([0, 1, 2])).item() == 0.0
-        assert critic.train_step(anatomy, parents([0, 1, 2])) == 0.0
+        out = {"anatomy": torch.randn(3, 1, 32, 32, requires_grad=True), "anatomy_log_sigma": torch.zeros(3, 1, 32, 32)}
+        assert critic.confusion(out, parents([0, 1, 2])).item() == 0.0
+        assert critic.train_step(out, parents([0, 1, 2])) == 0.0
         assert critic.state_dict() == {}
 
 

@@ -178,6 +178,35 @@ def test_free_bits_raise_the_training_objective_only_for_a_lesion_code_that_carr
     assert (gap[1:] > 0).all()
 
 
+def test_a_lesion_kl_weight_scales_only_the_lesion_codes_kl_in_the_objective_and_never_the_free_energy():
+    model = latent_model()
+    hvae = model.hvae
+    x, pa = batch([0, 1, 2])
+    hvae.lesion_free_bits = 0.0
+    full = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))
+    hvae.lesion_kl_weight = 0.25
+    light = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(light["free_energy"], full["free_energy"])
+    saved = (full["objective"] - light["objective"]).detach()
+    dims = x[0].numel()
+    assert saved[0] == 0  # healthy: no lesion code, nothing to weigh
+    assert (saved[1:] > 0).all()
+    assert torch.allclose(saved, 0.75 * full["lesion_kl"].detach() / dims, atol=1e-6)
+    # with free bits the floor is weighed with the KL: a code under the floor costs weight x floor
+    hvae.lesion_free_bits = 1e6
+    floored = hvae.elbo(x, pa, generator=torch.Generator().manual_seed(0))
+    expected = floored["free_energy"] + 0.25 * (1e6 - floored["lesion_kl"]) / dims * (pa["disease"] != 0)
+    expected = expected - 0.75 * floored["lesion_kl"] / dims * (pa["disease"] != 0)
+    assert torch.allclose(floored["objective"].detach(), expected.detach(), rtol=1e-5)
+
+
+def test_the_lesion_kl_weight_must_be_positive():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="lesion_kl_weight"):
+        dataclasses.replace(get_preset("test-32"), lesion_kl_weight=0.0)
+
+
 def test_do_disease_reruns_only_the_branch_and_matches_the_full_decoder():
     model = latent_model()
     hvae = model.hvae
