@@ -18,6 +18,7 @@ Without it, a label change modulates every block, and counterfactuals drift far 
 Pixels are in [-1, 1], parents in the data set's units (see generator.causal.parents.encode_parents).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ LESION_SEED_SIZE = 8  # side of the spatial seed a lesion code is mapped to, and
 LESION_HIDDEN = 128  # hidden width of the lesion posterior
 LESION_MEAN_BOUND = 5.0  # posterior means of the lesion code stay within about +-5 prior standard deviations
 RECTIFIER_LEAK = 0.1  # gradient slope of the lesion map's rectifier where it outputs zero (see Rectify)
+ATTENUATION_START = -3.0  # logit of the lesion's attenuation of the anatomy's fine structure at the start (a = 0.05)
+ANATOMY_DETAIL_SIGMA = 1.0  # pixels: the anatomy's fine structure is its mean less a Gaussian blur of this width
 
 
 @dataclass
@@ -203,6 +206,18 @@ def rectify(m):
     return Rectify.apply(m)
 
 
+def anatomy_detail(image, sigma=ANATOMY_DETAIL_SIGMA):
+    """The fine structure of an image: the image less its Gaussian blur (`sigma` pixels; edges replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(image.shape[1], 1, 1, -1), groups=image.shape[1])
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(image.shape[1], 1, -1, 1), groups=image.shape[1])
+    return image - blurred
+
+
 def silent(layer):
     """`layer` with every parameter zero: it outputs nothing at the start, and its weights still get a gradient."""
     with torch.no_grad():
@@ -279,6 +294,7 @@ class ConditionalHVAE(nn.Module):
         self.lesion_support = bool(preset.lesion_support) and has_lesion
         self.lesion_scale = bool(preset.lesion_scale) and self.lesion_support
         self.lesion_composite = preset.lesion_blend == "composite" and self.lesion_support
+        self.lesion_attenuates = bool(preset.lesion_attenuates) and self.lesion_support and not self.lesion_composite
         self.lesion_free_bits = float(preset.lesion_free_bits)
         self.lesion_kl_weight = float(preset.lesion_kl_weight)
         self.lesion_sparsity = float(preset.lesion_sparsity) if has_lesion else 0.0
@@ -307,6 +323,8 @@ class ConditionalHVAE(nn.Module):
             # additive: the map; composite: the optical depth and the density
             # the branch starts by drawing nothing
             self.lesion_output = silent(nn.Conv2d(widths[top], 2 if self.lesion_composite else 1, 3, padding=1))
+            if self.lesion_attenuates:  # how much of the anatomy's fine structure the lesion hides, per position
+                self.lesion_attenuation_output = silent(nn.Conv2d(widths[top], 1, 3, padding=1))
             if self.lesion_scale:  # and by leaving the pixel scale as the trunk has it
                 self.lesion_scale_output = silent(nn.Conv2d(widths[top], 1, 3, padding=1))
         # z_L per disease class, flattened: the vector code first, then the spatial code's channels x grid
@@ -409,6 +427,8 @@ class ConditionalHVAE(nn.Module):
         if self.lesion_support:
             # the map (or the optical depth) is rectified; a composite's density is not
             drawn = torch.cat([rectify(drawn[:, :1]), drawn[:, 1:]], dim=1)
+        if self.lesion_attenuates:
+            drawn = torch.cat([drawn, self.lesion_attenuation_output(features)], dim=1)
         if self.lesion_scale:
             drawn = torch.cat([drawn, self.lesion_scale_output(features)], dim=1)
         if drawn.shape[-1] != self.resolution:
@@ -420,6 +440,10 @@ class ConditionalHVAE(nn.Module):
             alpha = 1.0 - torch.exp(-first)
             density = torch.tanh(drawn[:, 1:2])
             lesion = alpha * (density - anatomy)
+        elif self.lesion_attenuates:
+            # the hidden fine structure, on the support only: outside it the change stays an exact zero
+            attenuation = torch.sigmoid(drawn[:, 1:2] + ATTENUATION_START) * (first > 0).to(drawn.dtype)
+            lesion = first - attenuation * anatomy_detail(anatomy.detach())
         else:
             lesion = first
         scale = drawn[:, -1:] * (first > 0).to(drawn.dtype) if self.lesion_scale else None

@@ -56,6 +56,11 @@ class Preset:
     # replaces what the ray saw there (the ribs and the dome vanish under an effusion), and a removal restores the
     # trunk's anatomy under it
     lesion_blend: str = "add"
+    # with an additive rectified lesion map: the branch also draws an attenuation a in [0, 1] and, on the map's
+    # support only, takes a times the anatomy's fine structure (the trunk's mean less its Gaussian blur) off the
+    # image. Fluid or consolidation hides the ribs and vessels behind it; a smooth map cannot draw that, so a removal
+    # would leave the ribs hidden under an effusion, and an addition would leave them showing through the fluid
+    lesion_attenuates: bool = False
     # with a lesion branch: the branch reads the trunk's features without sending gradient into them. Otherwise the
     # likelihood teaches the trunk to leave hints of the lesion in its features (its image stays lesion-free for the
     # anatomy adversary), the branch learns to draw from those hints, and an addition to a healthy image, whose
@@ -171,6 +176,8 @@ class Preset:
             )
         if self.lesion_blend not in ("add", "composite"):
             raise ValueError(f"preset {self.name!r}: lesion_blend must be 'add' or 'composite'")
+        if self.lesion_attenuates and (self.lesion_blend != "add" or not self.lesion_support):
+            raise ValueError(f"preset {self.name!r}: lesion_attenuates needs lesion_support and lesion_blend 'add'")
         if self.lesion_blend == "composite" and self.lesion_blocks and not self.lesion_support:
             raise ValueError(f"preset {self.name!r}: lesion_blend 'composite' needs lesion_support")
         if self.cf_interventions not in ("marginal", "additions"):
