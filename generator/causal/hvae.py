@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 from generator.causal.parents import encode_parents, encoded_width
 
@@ -207,15 +208,8 @@ def rectify(m):
 
 
 def anatomy_detail(image, sigma=ANATOMY_DETAIL_SIGMA):
-    """The fine structure of an image: the image less its Gaussian blur (`sigma` pixels; edges replicated)."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(image.shape[1], 1, 1, -1), groups=image.shape[1])
-    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(image.shape[1], 1, -1, 1), groups=image.shape[1])
-    return image - blurred
+    """The fine structure of an image: the image less its Gaussian blur (`sigma` pixels, 3-sigma kernel)."""
+    return image - gaussian_blur(image, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
 
 
 def silent(layer):
