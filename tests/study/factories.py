@@ -142,14 +142,17 @@ def api_first_trial(client, study, prolific_pid):
     return token, step["trial"]
 
 
-def run_whole_session(participant, answer=valid_answer):
-    """Answer every trial of a session through the services, the way the pages do. Returns the participant."""
+def run_whole_session(participant, answer=valid_answer, until_phase=None):
+    """Answer every trial of a session through the services, the way the pages do (with `until_phase`, stop before the
+    first trial of that phase). Returns the participant."""
     participant.refresh_from_db()
     study = participant.study
     while True:
         step = services.next_step(participant)
         if step["state"] == "instructions":
             services.begin_block(participant, step["block"])
+        elif step["state"] == "trial" and step["trial"]["phase"] == until_phase:
+            return participant
         elif step["state"] == "trial":
             # a required question added to the table after the test was written gets its example answer
             sent = questions.with_required_examples(answer(step["trial"]), step["trial"]["phase"], study)

@@ -119,22 +119,6 @@ BUILT_IN_KINDS = {question.kind for question in questions.QUESTIONS if question.
 STUDY_JS = Path("static/study.js")
 
 
-def answer_up_to(participant, phase):
-    """Answer the session through the services, with the table's example answers, until its next trial is the first
-    one of `phase`."""
-    study = participant.study
-    while True:
-        participant.refresh_from_db()
-        step = services.next_step(participant)
-        if step["state"] == "instructions":
-            services.begin_block(participant, step["block"])
-            continue
-        assert step["state"] == "trial", step["state"]
-        if step["trial"]["phase"] == phase:
-            return
-        services.submit_answer(participant, step["trial"]["id"], example_answer(step["trial"], study))
-
-
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(), reason="needs /usr/bin/chromium")
@@ -157,7 +141,8 @@ def test_the_page_holds_a_question_of_a_kind_without_a_rule_until_it_holds_text(
         driver.get(f"{live_server.url}/s/{study.slug}/?PROLIFIC_PID={PID}&STUDY_ID=&SESSION_ID=S-text")
         browser.click_and_wait(driver.find_element(By.CSS_SELECTOR, "button[value=accept]"))
         participant = Participant.objects.get(study=study)
-        answer_up_to(participant, phase)
+        run_whole_session(participant, answer=lambda trial: example_answer(trial, study), until_phase=phase)
+        assert services.next_step(participant)["trial"]["phase"] == phase
         driver.get(f"{live_server.url}/s/{study.slug}/run/")
         assert browser.page_kind() == phase
         fieldset = driver.find_element(By.CSS_SELECTOR, f"fieldset[data-kind={question.kind}]")
