@@ -131,7 +131,7 @@ class Preset:
     cf_removal_anchor: float = 0.0
     # with the anatomy adversary: it also reads the trunk's pixel log-sigma. Otherwise the trunk may tell the disease
     # by its pixel scale (a wider distribution where a lesion's texture is), which keeps the texture in the residual,
-    # and a removal, which changes only the mean, leaves it in place
+    # and a removal, which changes only the mean, leaves it in place (on in cpu-64: docs/generator.md measures it)
     anatomy_reads_scale: bool = False
     # with `cf_interventions="additions"`: the judge's probability of the added disease beyond which an addition earns
     # nothing more (0 = off, the plain log-likelihood); the minimal-change penalty then pulls the addition back to the
@@ -232,9 +232,10 @@ PRESETS = {
     # The demo: trains on two CPU cores within about fifteen minutes. Latents only at 1, 4 and 8 px; the 16-64 px
     # path is deterministic and driven by the parents, which therefore have to draw the lesion. No blocks at 64 px:
     # the network folds 2x2 pixel patches into channels and runs at 32 px. The disease enters a rectified lesion
-    # branch with its own 16-dim lesion code per disease; in the ELBO stage a lesion critic asks additions drawn from
-    # the prior code to look like the lesions the branch draws; counterfactual training judges additions only, with
-    # the branch's drawing of real lesions anchored; the final model is chosen on validation counterfactuals.
+    # branch with its own 16-dim lesion code per disease; the anatomy adversary reads the trunk's pixel mean and scale;
+    # in the ELBO stage a lesion critic asks additions drawn from the prior code to look like the lesions the branch
+    # draws; counterfactual training judges additions only, with the branch's drawing of real lesions anchored; the
+    # final model is chosen on validation counterfactuals.
     "cpu-64": Preset(
         name="cpu-64",
         resolution=64,
@@ -246,6 +247,7 @@ PRESETS = {
         parent_embedding=32,
         lesion_blocks=1,
         anatomy_weight=1.0,
+        anatomy_reads_scale=True,
         lesion_latent=16,
         lesion_latent_map=2,
         lesion_support=True,

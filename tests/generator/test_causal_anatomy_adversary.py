@@ -11,6 +11,7 @@ from generator.training.checkpoint import load_checkpoint
 from generator.training.counterfactual_stage import AnatomyCritic
 from generator.training.critics import AnatomyAdversary, marginal_confusion
 from generator.training.pipeline import RunConfig, train
+from generator.training.presets import get_preset
 from tests.generator.helpers import random_parents, tiny_preset
 from tests.generator.test_training_resume import STEPS, interrupt_at, synthetic_split
 
@@ -126,6 +127,20 @@ def test_with_anatomy_reads_scale_the_penalty_reaches_the_trunks_pixel_scale():
     hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
     disease = [0, 1, 2, 1, 2, 0]
     out = hvae.elbo(blob_images(disease), parents(disease))
+    log_sigma = out["anatomy_log_sigma"]
+    log_sigma.retain_grad()
+    AnatomyCritic(preset, MIMIC_GRAPH, "cpu").confusion(out, parents(disease)).backward()
+    assert log_sigma.grad is not None and log_sigma.grad.abs().max() > 0
+
+
+def test_the_demo_presets_adversary_reads_the_trunks_pixel_scale_and_its_penalty_reaches_it():
+    """`cpu-64` takes the pixel-scale reading (measured on the phantom, docs/generator.md)."""
+    preset = get_preset("cpu-64")
+    torch.manual_seed(0)
+    hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
+    disease = [0, 1, 2]
+    out = hvae.elbo(blob_images(disease, size=64), parents(disease))
+    assert AnatomyAdversary(preset, MIMIC_GRAPH).trunk_image(out).shape[1] == 2
     log_sigma = out["anatomy_log_sigma"]
     log_sigma.retain_grad()
     AnatomyCritic(preset, MIMIC_GRAPH, "cpu").confusion(out, parents(disease)).backward()
