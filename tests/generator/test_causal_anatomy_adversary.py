@@ -121,25 +121,18 @@ def test_with_anatomy_reads_scale_the_adversary_reads_a_disease_told_by_the_trun
     assert fit_adversary(reading, out, pa) < 0.2
 
 
-def test_with_anatomy_reads_scale_the_penalty_reaches_the_trunks_pixel_scale():
+@pytest.mark.parametrize(
+    "make_preset",
+    # `cpu-64` takes the pixel-scale reading (measured on the phantom, docs/generator.md)
+    [lambda: lesion_preset(anatomy_reads_scale=True), lambda: get_preset("cpu-64")],
+    ids=["tiny", "cpu-64"],
+)
+def test_with_anatomy_reads_scale_the_penalty_reaches_the_trunks_pixel_scale(make_preset):
     torch.manual_seed(0)
-    preset = lesion_preset(anatomy_reads_scale=True)
+    preset = make_preset()
     hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
     disease = [0, 1, 2, 1, 2, 0]
-    out = hvae.elbo(blob_images(disease), parents(disease))
-    log_sigma = out["anatomy_log_sigma"]
-    log_sigma.retain_grad()
-    AnatomyCritic(preset, MIMIC_GRAPH, "cpu").confusion(out, parents(disease)).backward()
-    assert log_sigma.grad is not None and log_sigma.grad.abs().max() > 0
-
-
-def test_the_demo_presets_adversary_reads_the_trunks_pixel_scale_and_its_penalty_reaches_it():
-    """`cpu-64` takes the pixel-scale reading (measured on the phantom, docs/generator.md)."""
-    preset = get_preset("cpu-64")
-    torch.manual_seed(0)
-    hvae = ConditionalHVAE(preset, MIMIC_GRAPH)
-    disease = [0, 1, 2]
-    out = hvae.elbo(blob_images(disease, size=64), parents(disease))
+    out = hvae.elbo(blob_images(disease, size=preset.resolution), parents(disease))
     assert AnatomyAdversary(preset, MIMIC_GRAPH).trunk_image(out).shape[1] == 2
     log_sigma = out["anatomy_log_sigma"]
     log_sigma.retain_grad()
