@@ -198,6 +198,7 @@ class CounterfactualTask(StageTask):
         extra_loss=None,
         targets=None,
         anatomy=None,
+        anchor_reference=None,
     ):
         self.model = model
         self.hvae = model.hvae
@@ -234,10 +235,12 @@ class CounterfactualTask(StageTask):
         self.anatomy = anatomy or AnatomyCritic(preset, self.graph, device)
         self.lesion_critic = AddedLesionCritic(preset, self.graph, device)
         self.ema = EMA(self.hvae, preset.ema_rate)
-        # the model as the stage found it (before any resumed state is loaded): the removal anchor's reference
+        # the removal anchor's reference: `anchor_reference` when given (an HVAE, e.g. the run's ELBO-stage model),
+        # otherwise the model as the stage found it (before any resumed state is loaded)
         self.reference = None
         if preset.lesion_blocks and preset.cf_removal_anchor > 0:
-            self.reference = copy.deepcopy(self.hvae).eval().requires_grad_(False)
+            reference = self.hvae if anchor_reference is None else anchor_reference
+            self.reference = copy.deepcopy(reference).to(device).eval().requires_grad_(False)
         self.sampler = BatchSampler(len(train_set.x), preset.batch_size, seed)
         self.lagrange = torch.tensor(float(preset.lagrange_init))
 
@@ -370,11 +373,14 @@ def finetune_counterfactual(
     time_budget=None,
     adversary=None,
     targets=None,
+    anchor_reference=None,
 ):
     """Counterfactual training of an existing model on a (possibly augmented) training set, in memory.
 
     `data` is a splits dict (uses "train", and "valid" to measure the constraint) or a single data set. The model's
-    HVAE ends up holding the EMA weights of the fine-tuning. Returns the final metrics and the loss history.
+    HVAE ends up holding the EMA weights of the fine-tuning. `anchor_reference` (an HVAE) is what the removal anchor
+    holds the branch to; by default the model as the fine-tuning finds it. Returns the final metrics and the loss
+    history.
     """
     preset = preset or model.preset
     device = device_of(model)
@@ -384,7 +390,17 @@ def finetune_counterfactual(
         constraint = measure_free_energy(model.hvae, reference, preset, device) * (1 + preset.constraint_slack)
     predictors = predictors.to(device)
     task = CounterfactualTask(
-        model, predictors, preset, train_set, constraint, seed, device, adversary, extra_loss, targets
+        model,
+        predictors,
+        preset,
+        train_set,
+        constraint,
+        seed,
+        device,
+        adversary,
+        extra_loss,
+        targets,
+        anchor_reference=anchor_reference,
     )
     metrics, history, done = run_stage(task, steps, progress=progress, time_budget=time_budget)
     model.hvae.load_state_dict(task.ema.module.state_dict())

@@ -129,6 +129,10 @@ class Preset:
     # and with it every removal, where it was while the stage learns what to add (0 = off; the free-energy constraint
     # alone then holds it)
     cf_removal_anchor: float = 0.0
+    # which model the removal anchor holds the branch to. "stage": the model each counterfactual training starts from,
+    # so in the proposed model every active-learning round anchors to the round before it and drifts can add up over
+    # the rounds; "elbo": the run's ELBO-stage model (hvae.pt) in the counterfactual stage and in every round
+    cf_anchor_reference: str = "stage"
     # with the anatomy adversary: it also reads the trunk's pixel log-sigma. Otherwise the trunk may tell the disease
     # by its pixel scale (a wider distribution where a lesion's texture is), which keeps the texture in the residual,
     # and a removal, which changes only the mean, leaves it in place (on in cpu-64: docs/generator.md measures it)
@@ -182,6 +186,8 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: lesion_blend 'composite' needs lesion_support")
         if self.cf_interventions not in ("marginal", "additions"):
             raise ValueError(f"preset {self.name!r}: cf_interventions must be 'marginal' or 'additions'")
+        if self.cf_anchor_reference not in ("stage", "elbo"):
+            raise ValueError(f"preset {self.name!r}: cf_anchor_reference must be 'stage' or 'elbo'")
         if not 0.0 <= self.cf_confidence < 1.0:
             raise ValueError(f"preset {self.name!r}: cf_confidence must lie in [0, 1)")
         if self.cf_confidence and self.cf_interventions != "additions":

@@ -199,6 +199,17 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
     # The base run's measured ELBO constraint stays the constraint of every round.
     constraint = training_state["task"]["constraint"]
     real_set, valid_set = splits["train"], splits["valid"]
+    # With `cf_anchor_reference="elbo"` every round's removal anchor holds the branch to the run's ELBO-stage model,
+    # not to the round before it, so what the rounds teach additions cannot move removals step by step.
+    anchor_reference = None
+    if model.preset.lesion_blocks and model.preset.cf_removal_anchor > 0 and model.preset.cf_anchor_reference == "elbo":
+        elbo_checkpoint = Path(base_checkpoint).with_name("hvae.pt")
+        if not elbo_checkpoint.is_file():
+            raise FileNotFoundError(
+                f"cf_anchor_reference='elbo' needs the run's ELBO-stage checkpoint beside {base_checkpoint}: "
+                f"{elbo_checkpoint} is missing"
+            )
+        anchor_reference = pipeline.load_model(elbo_checkpoint, device).hvae
 
     started = time.monotonic()
     deadline = {"round": None}
@@ -225,6 +236,7 @@ def run_active_learning(base_checkpoint, splits, out_dir, extra_loss, settings, 
             seed=settings.seed,
             time_budget=time_budget,
             adversary=adversary,
+            anchor_reference=anchor_reference,
         )
 
     train_set = real_set
