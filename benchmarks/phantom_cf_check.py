@@ -335,6 +335,7 @@ def main():
         "under_trained": summary.get("under_trained"),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
+        "machine": summary.get("machine"),
         "evaluation_classifier_accuracy_on_real": classifier_accuracy,
     }
     # the ELBO and counterfactual stages, and the model the run ends with when it is neither (an active-learning round)

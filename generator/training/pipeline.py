@@ -16,6 +16,7 @@ changes no run that already exists.
 
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -471,9 +472,29 @@ def train(config, preset, splits, out_dir, progress=None, resume=False, extra_lo
 
 
 def machine_note():
-    """Threads and load while training: throughput and budget cuts only make sense with them."""
+    """Threads and load while training (throughput and budget cuts only make sense with them), and the processor and
+    the instruction set torch's CPU kernels use: one-thread runs repeat bit for bit on one machine, so two runs of the
+    same code and seed that differ can be traced to the machines they ran on."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
-    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": [round(v, 2) for v in load]}
+    return {
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": [None if v is None else round(v, 2) for v in load],
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def cpu_model():
+    """The processor's name from /proc/cpuinfo (Linux), else what the platform module reports."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def choose_final_checkpoint(checkpoints, valid_set, preset, seed, device):

@@ -3,6 +3,7 @@
 import io
 
 import pytest
+import torch
 from django.core.management import call_command
 
 from generator.data import load_splits
@@ -58,6 +59,9 @@ def test_the_pipeline_marks_a_stage_its_budget_cut_short(phantom_cache, tmp_path
     assert summary["under_trained"]["hvae"]["steps"] < 2500
     assert summary["stages"]["hvae"]["planned_steps"] == 5000
     assert summary["machine"]["threads"] == 1 and len(summary["machine"]["load_average"]) == 3
+    # the processor and the kernels' instruction set, to trace runs that differ to their machines
+    assert summary["machine"]["cpu_model"]
+    assert summary["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # without a budget every stage runs its plan
     config = pipeline.RunConfig(preset="test-32", steps=dict.fromkeys(pipeline.STAGES, 2))
     full = pipeline.train(config, tiny_preset(), splits, tmp_path / "full")
