@@ -1,6 +1,8 @@
 """`cf_anchor_reference`: what the removal anchor holds the lesion branch to in counterfactual training and in each
 active-learning round of the proposed model."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from generator.training import pipeline, proposed
 from generator.training.counterfactual_stage import CounterfactualTask
 from generator.training.pipeline import RunConfig
 from generator.training.proposed import ActiveLearningSettings, run_proposed
-from tests.generator.helpers import tiny_preset
+from tests.generator.test_training_counterfactual_additions import additions_preset
 from tests.generator.test_training_resume import synthetic_split
 
 pytestmark = [pytest.mark.ml, pytest.mark.usefixtures("one_thread")]
@@ -21,17 +23,8 @@ TINY_STEPS = {"parents": 5, "predictors": 3, "hvae": 3, "counterfactual": 4}
 
 
 def anchored_preset(reference):
-    return tiny_preset(
-        lesion_blocks=1,
-        anatomy_weight=1.0,
-        lesion_latent=4,
-        lesion_latent_map=1,
-        lesion_support=True,
-        cf_branch_only=True,
-        cf_interventions="additions",
-        cf_removal_anchor=1.0,
-        cf_anchor_reference=reference,
-    )
+    """The tiny lesion-branch preset of the additions tests, anchored to `reference`."""
+    return dataclasses.replace(additions_preset(), cf_anchor_reference=reference)
 
 
 def test_the_reference_must_be_stage_or_elbo():
